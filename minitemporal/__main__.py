@@ -1,0 +1,3 @@
+from minitemporal.cli import main
+
+main()

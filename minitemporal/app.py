@@ -1,0 +1,294 @@
+"""The composition root: build stores, queues, clients and roles from settings, run them under
+one task group, stop them in order.
+
+Roles always talk gRPC, even in one process, so `--roles all` and one process per role run the
+same code. Signals belong to this module alone: uvicorn's handlers are switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import grpc
+import uvicorn
+from anyio.abc import TaskGroup
+from grpc_health.v1._async import HealthServicer
+
+from minitemporal.api.app import ApiDeps, create_app
+from minitemporal.config import Settings
+from minitemporal.errors import ConfigurationError, Unavailable
+from minitemporal.observability.health import Health
+from minitemporal.observability.http import create_ops_app
+from minitemporal.observability.logging import redact_url
+from minitemporal.observability.metrics import Metrics
+from minitemporal.queue.base import TaskQueue
+from minitemporal.rpc.client import SchedulerClient
+from minitemporal.rpc.server import build_server, set_serving
+from minitemporal.scheduler.maintenance import Maintenance
+from minitemporal.scheduler.service import SchedulerService
+from minitemporal.store.base import Store
+from minitemporal.worker.worker import Worker, WorkerConfig
+
+log = logging.getLogger("minitemporal")
+
+
+class EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn as one task among others: the launcher owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_store(settings: Settings) -> Store:
+    url = settings.database_url
+    if url is None or url.startswith("sqlite:"):
+        from minitemporal.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url, retry_policy=settings.retry_policy)
+    if url.startswith(("postgres://", "postgresql://")):
+        from minitemporal.store.postgres import PostgresStore
+
+        return PostgresStore(url, retry_policy=settings.retry_policy, pool_size=settings.db_pool_size)
+    raise ConfigurationError(
+        "MINITEMPORAL_DATABASE_URL must start with postgresql:// or sqlite:// "
+        f"(got {redact_url(url)!r})"
+    )
+
+
+def build_queue(settings: Settings) -> TaskQueue:
+    if settings.redis_url is None:
+        from minitemporal.queue.memory import MemoryQueue
+
+        return MemoryQueue()
+    from minitemporal.queue.redis import RedisQueue
+
+    return RedisQueue(settings.redis_url, prefix=settings.redis_prefix)
+
+
+def check_roles(settings: Settings) -> None:
+    """Refuse, in one line, a role set that cannot work with the configured backends."""
+    roles = settings.role_set
+    embedded_queue = settings.redis_url is None
+    if embedded_queue and roles != {"api", "scheduler", "worker"} and roles & {"scheduler", "worker"}:
+        raise ConfigurationError(
+            f"--roles {settings.roles} needs MINITEMPORAL_REDIS_URL: the in-process queue only "
+            "works when scheduler and worker share a process (--roles all)"
+        )
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.roles = settings.role_set
+        self.metrics = Metrics()
+        self.health = Health()
+        self.stopping = anyio.Event()
+        self.store: Store | None = None
+        self.queue: TaskQueue | None = None
+        self.client: SchedulerClient | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port: int | None = None
+        self.http: EmbeddedUvicorn | None = None
+
+    async def run(self) -> None:
+        s = self.settings
+        check_roles(s)
+        self._banner()
+        async with contextlib.AsyncExitStack() as stack:
+            grpc_health = HealthServicer()
+            if "scheduler" in self.roles:
+                self.store = build_store(s)
+                self.queue = build_queue(s)
+                stack.push_async_callback(self.store.close)
+                stack.push_async_callback(self.queue.close)
+                self.health.add("store", self.store.ping)
+                self.health.add("queue", self.queue.ping)
+            elif "worker" in self.roles:
+                self.queue = build_queue(s)
+                stack.push_async_callback(self.queue.close)
+                self.health.add("queue", self.queue.ping)
+            if self.roles & {"api", "worker"}:
+                self.client = SchedulerClient(
+                    s.resolved_scheduler_address,
+                    metrics=self.metrics.grpc,
+                    secret=s.grpc_secret.get_secret_value() if s.grpc_secret else None,
+                    wait_for_ready="worker" in self.roles and "api" not in self.roles,
+                )
+                stack.push_async_callback(self.client.close)
+                self.health.add("scheduler", self.client.check_health)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, tg)
+                tg.start_soon(self._serve_http)
+                service = None
+                if "scheduler" in self.roles:
+                    service = await self._start_scheduler(tg, grpc_health)
+                    if service is None:
+                        return  # stopped while waiting for the store
+                elif self.queue is not None:
+                    await self._open_with_retry("queue", self.queue.open)
+                worker_done = anyio.Event()
+                if "worker" in self.roles:
+                    tg.start_soon(self._run_worker, worker_done)
+                else:
+                    worker_done.set()
+                log.info("minitemporal running", extra={"roles": ",".join(sorted(self.roles))})
+                await self.stopping.wait()
+                log.info("stopping")
+                await worker_done.wait()
+                if self.http is not None:
+                    self.http.should_exit = True
+                if self.grpc_server is not None:
+                    await set_serving(grpc_health, False)
+                    await self.grpc_server.stop(grace=5.0)
+                tg.cancel_scope.cancel()
+        log.info("stopped")
+
+    def _banner(self) -> None:
+        s = self.settings
+        if "scheduler" in self.roles and (s.database_url is None or s.redis_url is None):
+            store = "SQLite file" if s.database_url is None else "PostgreSQL"
+            queue = "an in-process queue" if s.redis_url is None else "Redis"
+            print(  # noqa: T201 - the one line a new user must see, whatever the log format
+                f"minitemporal: embedded mode ({store}, {queue}). For production set "
+                "MINITEMPORAL_DATABASE_URL=postgresql://... and MINITEMPORAL_REDIS_URL=redis://...",
+                flush=True,
+            )
+
+    async def _open_with_retry(self, name: str, opener: Any) -> bool:
+        """Open a dependency, retrying with backoff until it answers or we are told to stop."""
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                await opener()
+                return True
+            except Unavailable as exc:
+                log.warning("%s not ready: %s (retrying in %.1fs)", name, exc, delay)
+            except OSError as exc:
+                log.warning("%s not ready: %s (retrying in %.1fs)", name, exc, delay)
+            with anyio.move_on_after(delay):
+                await self.stopping.wait()
+            delay = min(delay * 2, 5.0)
+        return False
+
+    async def _start_scheduler(
+        self, tg: TaskGroup, grpc_health: HealthServicer
+    ) -> SchedulerService | None:
+        s = self.settings
+        assert self.store is not None and self.queue is not None  # noqa: S101
+        if not await self._open_with_retry("store", self.store.open):
+            return None
+        if not await self._open_with_retry("queue", self.queue.open):
+            return None
+        service = SchedulerService(
+            self.store,
+            self.queue,
+            self.metrics.scheduler,
+            lease_seconds=s.lease_seconds,
+            limits=s.limits,
+        )
+        self.grpc_server, self.grpc_port = build_server(
+            service,
+            self.metrics.grpc,
+            grpc_health,
+            secret=s.grpc_secret.get_secret_value() if s.grpc_secret else None,
+            address=f"{s.grpc_host}:{s.grpc_port}",
+        )
+        await self.grpc_server.start()
+        await set_serving(grpc_health, True)
+        log.info("scheduler listening", extra={"grpc": f"{s.grpc_host}:{self.grpc_port}"})
+        maintenance = Maintenance(
+            service, sweep_seconds=s.sweep_seconds, reconcile_seconds=s.reconcile_seconds
+        )
+        tg.start_soon(maintenance.run)
+        tg.start_soon(self._track_serving, grpc_health)
+        return service
+
+    async def _track_serving(self, grpc_health: HealthServicer) -> None:
+        """The gRPC health status follows the store's and queue's health."""
+        serving = True
+        while True:
+            await anyio.sleep(1.0)
+            ok, _ = await self.health.run()
+            if ok != serving:
+                serving = ok
+                await set_serving(grpc_health, ok)
+
+    async def _run_worker(self, done: anyio.Event) -> None:
+        s = self.settings
+        assert self.client is not None and self.queue is not None  # noqa: S101
+        try:
+            worker = Worker(
+                WorkerConfig(
+                    worker_id=s.resolved_worker_id,
+                    slots=s.worker_slots,
+                    lease_seconds=s.lease_seconds,
+                    heartbeat_seconds=s.heartbeat_seconds,
+                    drain_seconds=s.drain_seconds,
+                    kill_grace_seconds=s.kill_grace_seconds,
+                    output_tail_bytes=s.output_tail_bytes,
+                    work_dir=s.work_dir,
+                ),
+                client=self.client,
+                queue=self.queue,
+                metrics=self.metrics.worker,
+            )
+            await worker.run(self.stopping)
+        finally:
+            done.set()
+
+    async def _serve_http(self) -> None:
+        s = self.settings
+        if "api" in self.roles:
+            assert self.client is not None  # noqa: S101
+            app = create_app(
+                ApiDeps(
+                    scheduler=self.client,
+                    limits=s.limits,
+                    max_body_bytes=s.max_body_bytes,
+                    metrics=self.metrics,
+                    health=self.health,
+                )
+            )
+            host, port, what = s.api_host, s.api_port, "api"
+        else:
+            app = create_ops_app(self.health, self.metrics.registry)
+            host, port, what = s.metrics_host, s.metrics_port, "metrics"
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=10,
+        )
+        self.http = EmbeddedUvicorn(config)
+        log.info("%s listening", what, extra={"http": f"{host}:{port}"})
+        await self.http.serve()
+        if not self.http.started and not self.stopping.is_set():
+            log.error("could not listen on %s:%s", host, port)
+            self.stopping.set()
+
+    async def _watch_signals(self, tg: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not self.stopping.is_set():
+                    log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+                    self.stopping.set()
+                else:
+                    log.warning("second signal: stopping now")
+                    tg.cancel_scope.cancel()
+                    return
+
+
+async def run(settings: Settings) -> None:
+    await Runtime(settings).run()

@@ -1,0 +1,131 @@
+"""The `minitemporal` command. Its flags are generated from the Settings model, so every
+setting has a flag and an environment variable, and `--help` documents both.
+
+    minitemporal --roles all                 run roles in this process
+    minitemporal db migrate                  create or upgrade the schema
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import click
+from pydantic import SecretStr, ValidationError
+
+from minitemporal import __version__
+from minitemporal.config import Settings
+from minitemporal.errors import ConfigurationError, MinitemporalError
+
+
+def _click_type(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+    if typing.get_origin(base) is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(base)])
+    if base is bool:
+        return bool
+    if base is int:
+        return int
+    if base is float:
+        return float
+    return str
+
+
+def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for name, field in reversed(list(Settings.model_fields.items())):
+        flag = "--" + name.replace("_", "-")
+        env = "MINITEMPORAL_" + name.upper()
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = "***"
+        shown = "" if default is None else f" [default: {default}]"
+        help_text = f"{field.description}{shown} (env {env})"
+        kind = _click_type(field.annotation)
+        if kind is bool:
+            option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
+        else:
+            option = click.option(flag, name, type=kind, default=None, help=help_text)
+        func = option(func)
+    return func
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(f"invalid settings: {problems}") from None
+
+
+def fail(message: str, code: int = 2) -> typing.NoReturn:
+    click.echo(f"minitemporal: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+@click.version_option(__version__, prog_name="minitemporal")
+@settings_options
+@click.pass_context
+def main(ctx: click.Context, **overrides: Any) -> None:
+    """minitemporal: a distributed DAG job scheduler.
+
+    Without a command, runs the roles chosen by --roles (api, scheduler, worker, or all) in
+    this process until SIGINT or SIGTERM. With no database or Redis URL it runs embedded
+    (SQLite file, in-process queue); set both for production.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["overrides"] = overrides
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings(overrides)
+    from minitemporal.app import run
+    from minitemporal.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        anyio.run(run, settings)
+    except ConfigurationError as exc:
+        fail(exc.detail)
+    except MinitemporalError as exc:
+        fail(exc.detail, 1)
+
+
+@main.group()
+def db() -> None:
+    """Database administration."""
+
+
+@db.command("migrate")
+@click.pass_context
+def db_migrate(ctx: click.Context) -> None:
+    """Create or upgrade the schema (idempotent; schedulers also do this at start)."""
+    settings = load_settings(ctx.obj["overrides"])
+    from minitemporal.app import build_store
+
+    async def migrate() -> None:
+        store = build_store(settings)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    try:
+        anyio.run(migrate)
+    except MinitemporalError as exc:
+        fail(exc.detail, 1)
+    click.echo("minitemporal: schema is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

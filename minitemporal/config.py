@@ -1,0 +1,165 @@
+"""Settings: one pydantic-settings model; every field is a MINITEMPORAL_* variable and a flag.
+
+The CLI builds its flags from this model (cli.py), so a setting cannot exist without both an
+environment variable and a `--flag`, and `minitemporal --help` documents them all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from minitemporal.domain.model import RetryPolicy
+from minitemporal.domain.validation import Limits
+from minitemporal.errors import ConfigurationError
+
+ROLES = ("api", "scheduler", "worker")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "", "[::]"})  # noqa: S104 (names, not binds)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MINITEMPORAL_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    roles: str = Field(
+        "all", description="Roles to run in this process: all, or a comma list of api,scheduler,worker."
+    )
+    # --- backends
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:pass@host:5432/db). "
+        "Unset: an embedded SQLite store (--roles all only).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0). Unset: an in-process queue (--roles all only).",
+    )
+    redis_prefix: str = Field("minitemporal", description="Prefix of every Redis key we use.")
+    db_pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per scheduler.")
+    # --- network
+    api_host: str = Field("127.0.0.1", description="Address the REST api listens on.")
+    api_port: int = Field(8080, ge=0, le=65535, description="Port of the REST api.")
+    grpc_host: str = Field("127.0.0.1", description="Address the scheduler's gRPC server listens on.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the scheduler's gRPC server.")
+    scheduler_address: str | None = Field(
+        None,
+        description="host:port where api and worker reach a scheduler. "
+        "Unset: this process's own gRPC host and port.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /healthz and /metrics in a process without the api."
+    )
+    metrics_port: int = Field(
+        8081, ge=0, le=65535, description="Port of /healthz and /metrics in a process without the api."
+    )
+    # --- worker
+    worker_slots: int = Field(4, ge=1, le=1024, description="Commands one worker runs at once.")
+    worker_id: str | None = Field(None, description="Name of this worker. Unset: hostname-pid.")
+    work_dir: str | None = Field(
+        None, description="Parent of each attempt's fresh working directory. Unset: the temp dir."
+    )
+    output_tail_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Bytes kept of each of stdout and stderr."
+    )
+    kill_grace_seconds: float = Field(
+        5.0, ge=0, le=300, description="Between SIGTERM and SIGKILL when a command must stop."
+    )
+    drain_seconds: float = Field(
+        30.0, ge=0, le=86400, description="On SIGTERM, how long a worker lets running commands finish."
+    )
+    # --- scheduler
+    lease_seconds: float = Field(
+        15.0, gt=0.5, le=3600, description="An attempt whose worker stops heartbeating is lost after this."
+    )
+    heartbeat_seconds: float = Field(
+        3.0, gt=0, le=600, description="How often a worker renews the leases of its running attempts."
+    )
+    sweep_seconds: float = Field(
+        0.25, gt=0, le=60, description="How often the scheduler requeues due retries and reaps leases."
+    )
+    reconcile_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often the scheduler re-pushes queued attempts to Redis."
+    )
+    retry_base_seconds: float = Field(1.0, ge=0, le=86400, description="First retry delay.")
+    retry_factor: float = Field(2.0, ge=1, le=10, description="Retry delay growth per attempt.")
+    retry_max_seconds: float = Field(300.0, ge=0, le=86400, description="Largest retry delay.")
+    retry_jitter: float = Field(
+        0.5, ge=0, le=1, description="Fraction of each retry delay that is random."
+    )
+    # --- input limits
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body the api reads (413 above)."
+    )
+    max_nodes: int = Field(10_000, ge=1, description="Most nodes in one job.")
+    max_command_length: int = Field(65_536, ge=1, description="Longest command, in characters.")
+    max_dependencies: int = Field(1_000, ge=0, description="Most depends_on entries of one node.")
+    # --- logs
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level printed."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text on a terminal, JSON lines otherwise."
+    )
+    # --- security
+    grpc_secret: SecretStr | None = Field(
+        None, description="Shared secret every gRPC call must carry (api, workers, schedulers)."
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: str) -> str:
+        try:
+            parse_roles(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    # --- derived values
+    @property
+    def role_set(self) -> frozenset[str]:
+        return parse_roles(self.roles)
+
+    @property
+    def resolved_scheduler_address(self) -> str:
+        if self.scheduler_address:
+            return self.scheduler_address
+        host = "127.0.0.1" if self.grpc_host in WILDCARD_HOSTS else self.grpc_host
+        return f"{host}:{self.grpc_port}"
+
+    @property
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            base_seconds=self.retry_base_seconds,
+            factor=self.retry_factor,
+            max_seconds=self.retry_max_seconds,
+            jitter=self.retry_jitter,
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_nodes=self.max_nodes,
+            max_command_length=self.max_command_length,
+            max_dependencies=self.max_dependencies,
+        )
+
+
+def parse_roles(value: str) -> frozenset[str]:
+    parts = {p.strip().lower() for p in value.split(",") if p.strip()}
+    if parts == {"all"}:
+        return frozenset(ROLES)
+    unknown = parts - set(ROLES)
+    if unknown or not parts:
+        raise ConfigurationError(
+            f"--roles takes 'all' or a comma list of {', '.join(ROLES)}; got {value!r}"
+        )
+    return frozenset(parts)

@@ -1,0 +1,1 @@
+"""gRPC between roles: generated code (gen/), conversion (convert.py), server and client."""

@@ -1,0 +1,147 @@
+"""The scheduler's client, used by the api and worker roles. Speaks domain objects only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from minitemporal.domain.model import (
+    Beat,
+    ClaimedTask,
+    HeartbeatResult,
+    JobPage,
+    JobSpec,
+    JobView,
+    TaskRef,
+    TaskResult,
+)
+from minitemporal.errors import Unavailable, decode_from_grpc
+from minitemporal.observability.metrics import GrpcMetrics
+from minitemporal.rpc import convert
+from minitemporal.rpc.gen import scheduler_pb2 as pb
+from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
+from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME
+
+
+class SchedulerClient:
+    def __init__(
+        self,
+        address: str,
+        *,
+        metrics: GrpcMetrics,
+        secret: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float = 10.0,
+        wait_for_ready: bool = False,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        if credentials is not None:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = pb_grpc.SchedulerStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = ((AUTH_KEY, f"Bearer {secret}"),) if secret else ()
+        self._metrics = metrics
+        self._timeout = timeout
+        self._wait = wait_for_ready
+        self.address = address
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await getattr(self._stub, method)(
+                request,
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+                wait_for_ready=self._wait,
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            raise decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
+        finally:
+            self._metrics.client_calls.labels(method, code).inc()
+            self._metrics.client_seconds.labels(method).observe(time.perf_counter() - start)
+
+    # --- jobs
+    async def submit_job(
+        self, spec: JobSpec, *, idempotency_key: str | None = None, request_digest: str | None = None
+    ) -> tuple[JobView, bool]:
+        reply = await self._call(
+            "SubmitJob", convert.job_spec_to_pb(spec, idempotency_key, request_digest)
+        )
+        return convert.job_from_pb(reply.job), reply.created
+
+    async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
+        reply = await self._call("GetJob", pb.GetJobRequest(job_id=job_id, include_nodes=include_nodes))
+        return convert.job_from_pb(reply)
+
+    async def list_jobs(
+        self, *, limit: int, cursor: str | None = None, status: str | None = None
+    ) -> JobPage:
+        request = pb.ListJobsRequest(limit=limit)
+        if cursor is not None:
+            request.cursor = cursor
+        if status is not None:
+            request.status = status
+        reply = await self._call("ListJobs", request)
+        return JobPage(
+            jobs=tuple(convert.job_from_pb(j) for j in reply.jobs),
+            next_cursor=reply.next_cursor if reply.HasField("next_cursor") else None,
+        )
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        return convert.job_from_pb(await self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
+
+    # --- tasks
+    async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
+        reply = await self._call(
+            "ClaimTasks",
+            pb.ClaimTasksRequest(worker_id=worker_id, tasks=[convert.ref_to_pb(r) for r in refs]),
+        )
+        return [convert.task_from_pb(t) for t in reply.tasks]
+
+    async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
+        reply = await self._call(
+            "Heartbeat",
+            pb.HeartbeatRequest(worker_id=worker_id, running=[convert.beat_to_pb(b) for b in beats]),
+        )
+        return HeartbeatResult(
+            cancel=tuple(convert.ref_from_pb(r) for r in reply.cancel),
+            lost=tuple(convert.ref_from_pb(r) for r in reply.lost),
+        )
+
+    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
+        reply = await self._call(
+            "CompleteTasks",
+            pb.CompleteTasksRequest(
+                worker_id=worker_id, results=[convert.result_to_pb(r) for r in results]
+            ),
+        )
+        return list(reply.accepted)
+
+    async def check_health(self, timeout: float = 0.8) -> None:
+        """Raise `Unavailable` unless the scheduler says it is serving."""
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"scheduler at {self.address}: {exc.code().name}") from None
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise Unavailable(f"scheduler at {self.address} is not serving (its store or queue is down)")

@@ -1,0 +1,198 @@
+"""The scheduler's gRPC server: servicer, shared-secret check, metrics, error mapping."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from minitemporal.errors import MinitemporalError, encode_for_grpc
+from minitemporal.observability.metrics import GrpcMetrics
+from minitemporal.rpc import convert
+from minitemporal.rpc.gen import scheduler_pb2 as pb
+from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
+from minitemporal.scheduler.service import SchedulerService
+
+log = logging.getLogger("minitemporal.rpc")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+SERVICE_NAME = "minitemporal.v1.Scheduler"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+AUTH_KEY = "authorization"
+# Probes (Kubernetes grpc probes, grpc_health_probe) cannot carry our secret.
+_OPEN_PREFIX = "/grpc.health.v1.Health/"
+
+
+class SchedulerServicer(pb_grpc.SchedulerServicer):
+    def __init__(self, service: SchedulerService, metrics: GrpcMetrics) -> None:
+        self._s = service
+        self._m = metrics
+
+    async def _run(
+        self, method: str, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[Resp]]
+    ) -> Resp:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await body()
+        except MinitemporalError as exc:
+            code = exc.grpc_code
+            await context.abort(code, exc.detail, trailing_metadata=encode_for_grpc(exc))
+            raise  # abort raises; this line is for type checkers
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            await context.abort(code, "internal error")
+            raise
+        finally:
+            self._m.server_calls.labels(method, code.name).inc()
+            self._m.server_seconds.labels(method).observe(time.perf_counter() - start)
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:  # noqa: N802
+        async def body() -> pb.SubmitJobResponse:
+            spec = convert.job_spec_from_pb(request)
+            job, created = await self._s.submit_job(
+                spec,
+                idempotency_key=request.idempotency_key if request.HasField("idempotency_key") else None,
+                request_digest=request.request_digest if request.HasField("request_digest") else None,
+            )
+            return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
+
+        return await self._run("SubmitJob", context, body)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:  # noqa: N802
+        async def body() -> pb.Job:
+            job = await self._s.get_job(request.job_id, include_nodes=request.include_nodes)
+            return convert.job_to_pb(job)
+
+        return await self._run("GetJob", context, body)
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:  # noqa: N802
+        async def body() -> pb.ListJobsResponse:
+            page = await self._s.list_jobs(
+                limit=request.limit or 50,
+                cursor=request.cursor if request.HasField("cursor") else None,
+                status=request.status if request.HasField("status") else None,
+            )
+            msg = pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in page.jobs])
+            if page.next_cursor:
+                msg.next_cursor = page.next_cursor
+            return msg
+
+        return await self._run("ListJobs", context, body)
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:  # noqa: N802
+        async def body() -> pb.Job:
+            return convert.job_to_pb(await self._s.cancel_job(request.job_id))
+
+        return await self._run("CancelJob", context, body)
+
+    async def ClaimTasks(self, request: pb.ClaimTasksRequest, context: Any) -> pb.ClaimTasksResponse:  # noqa: N802
+        async def body() -> pb.ClaimTasksResponse:
+            refs = [convert.ref_from_pb(r) for r in request.tasks]
+            tasks = await self._s.claim(request.worker_id, refs)
+            return pb.ClaimTasksResponse(
+                tasks=[convert.task_to_pb(t) for t in tasks], lease_seconds=self._s.lease_seconds
+            )
+
+        return await self._run("ClaimTasks", context, body)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
+        async def body() -> pb.HeartbeatResponse:
+            beats = [convert.beat_from_pb(b) for b in request.running]
+            result = await self._s.heartbeat(request.worker_id, beats)
+            return pb.HeartbeatResponse(
+                cancel=[convert.ref_to_pb(r) for r in result.cancel],
+                lost=[convert.ref_to_pb(r) for r in result.lost],
+                lease_seconds=self._s.lease_seconds,
+            )
+
+        return await self._run("Heartbeat", context, body)
+
+    async def CompleteTasks(  # noqa: N802
+        self, request: pb.CompleteTasksRequest, context: Any
+    ) -> pb.CompleteTasksResponse:
+        async def body() -> pb.CompleteTasksResponse:
+            results = [convert.result_from_pb(r, i) for i, r in enumerate(request.results)]
+            accepted = await self._s.complete(request.worker_id, results)
+            return pb.CompleteTasksResponse(accepted=accepted)
+
+        return await self._run("CompleteTasks", context, body)
+
+
+class SecretInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse every call (but health checks) that lacks `authorization: Bearer <secret>`."""
+
+    def __init__(self, secret: str) -> None:
+        self._expected = f"Bearer {secret}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(_OPEN_PREFIX):
+            return await continuation(details)
+        given = next((v for k, v in details.invocation_metadata or () if k == AUTH_KEY), "")
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(details)
+        log.warning("gRPC call refused: missing or wrong shared secret", extra={"method": details.method})
+        return _deny(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong shared secret (set MINITEMPORAL_GRPC_SECRET on every role)",
+        )
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def build_server(
+    service: SchedulerService,
+    metrics: GrpcMetrics,
+    health: HealthServicer,
+    *,
+    secret: str | None,
+    credentials: grpc.ServerCredentials | None = None,
+    address: str,
+) -> tuple[grpc.aio.Server, int]:
+    interceptors = [SecretInterceptor(secret)] if secret else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(service, metrics), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address} for gRPC")
+    return server, port
+
+
+async def set_serving(health: HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health.set(name, status)

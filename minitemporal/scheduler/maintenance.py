@@ -1,0 +1,105 @@
+"""The scheduler's background sweeps. Every scheduler runs them; the store makes that safe
+(`FOR UPDATE SKIP LOCKED`, compare-and-set), so no leader election is needed.
+
+- retries: retry_wait nodes whose backoff passed become queued (next attempt) and are pushed;
+- leases: running attempts whose lease expired are lost, then retried or failed;
+- queue: if the queue lost its contents (marker gone: FLUSHALL, restart), push every queued
+  attempt again; in any case every `reconcile_seconds`, push queued attempts older than that
+  (a scheduler killed between its commit and its push leaves such attempts behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from minitemporal.errors import Unavailable
+from minitemporal.scheduler.service import SchedulerService
+
+log = logging.getLogger("minitemporal.scheduler.maintenance")
+
+
+class Maintenance:
+    def __init__(
+        self,
+        service: SchedulerService,
+        *,
+        sweep_seconds: float,
+        reconcile_seconds: float,
+        gauge_seconds: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.sweep_seconds = sweep_seconds
+        self.reconcile_seconds = reconcile_seconds
+        self.gauge_seconds = gauge_seconds
+        self._last_reconcile = 0.0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop, "retries", self.sweep_seconds, self.requeue_retries)
+            tg.start_soon(self._loop, "leases", self.sweep_seconds, self.expire_leases)
+            tg.start_soon(self._loop, "queue", min(1.0, self.reconcile_seconds), self.check_queue)
+            tg.start_soon(self._loop, "gauges", self.gauge_seconds, self.update_gauges)
+
+    async def _loop(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await step()
+                failures = 0
+                await anyio.sleep(interval)
+            except Unavailable as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("%s sweep: %s (retrying)", name, exc)
+                await anyio.sleep(min(interval * 2**min(failures, 5), 5.0))
+            except Exception:
+                log.exception("%s sweep failed", name)
+                await anyio.sleep(max(interval, 1.0))
+
+    async def requeue_retries(self) -> None:
+        while True:
+            refs = await self.service.store.requeue_due_retries(limit=1000)
+            if refs:
+                self.service.metrics.retries.inc(len(refs))
+                await self.service.push(refs)
+            if len(refs) < 1000:
+                return
+
+    async def expire_leases(self) -> None:
+        lost, finished = await self.service.store.expire_leases(limit=1000)
+        if lost:
+            m = self.service.metrics
+            m.rescued.labels("lost_attempt").inc(len(lost))
+            m.failures.labels("lost").inc(len(lost))
+            log.warning(
+                "attempts lost (lease expired): %s", ", ".join(r.encode() for r in lost[:20])
+            )
+            self.service.record_finished(finished)
+
+    async def check_queue(self) -> None:
+        lost = await self.service.queue.claim_epoch()
+        now = time.monotonic()
+        if lost:
+            self.service.metrics.queue_rebuilds.inc()
+            await self.reconcile(min_age=0.0, why="queue empty or new")
+        elif now - self._last_reconcile >= self.reconcile_seconds:
+            await self.reconcile(min_age=self.reconcile_seconds, why="periodic")
+        else:
+            return
+        self._last_reconcile = now
+
+    async def reconcile(self, *, min_age: float, why: str) -> None:
+        queued = await self.service.store.queued_tasks(min_age_seconds=min_age)
+        if not queued:
+            return
+        added = await self.service.queue.push([(ref, at.timestamp()) for ref, at in queued])
+        if added:
+            self.service.metrics.rescued.labels("queue_entry").inc(added)
+            log.info("queue reconciled (%s): %d attempt(s) pushed again", why, added)
+
+    async def update_gauges(self) -> None:
+        self.service.metrics.queue_depth.set(await self.service.queue.depth())

@@ -1,0 +1,196 @@
+"""The scheduler's operations, as the gRPC servicer calls them.
+
+Every state change is the store's transaction; this layer validates, pushes what a commit made
+ready to the queue (after the commit, never before), and counts. A failed push is harmless:
+the node is durable as `queued` and the reconciler pushes it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from minitemporal.domain.model import (
+    Beat,
+    ClaimedTask,
+    FinishedJob,
+    HeartbeatResult,
+    JobPage,
+    JobSpec,
+    JobStatus,
+    JobView,
+    NodeState,
+    Outcome,
+    TaskRef,
+    TaskResult,
+)
+from minitemporal.domain.validation import Limits, parse_job
+from minitemporal.errors import InvalidInput, Problem, Unavailable
+from minitemporal.observability.metrics import SchedulerMetrics
+from minitemporal.queue.base import TaskQueue
+from minitemporal.store.base import Store
+
+log = logging.getLogger("minitemporal.scheduler")
+MAX_PAGE = 500
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        store: Store,
+        queue: TaskQueue,
+        metrics: SchedulerMetrics,
+        *,
+        lease_seconds: float,
+        limits: Limits,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.metrics = metrics
+        self.lease_seconds = lease_seconds
+        self.limits = limits
+
+    async def push(self, refs: Sequence[TaskRef]) -> None:
+        """Offer committed attempts to workers; on failure the reconciler will do it."""
+        if not refs:
+            return
+        now = time.time()
+        try:
+            await self.queue.push([(r, now) for r in refs])
+        except Unavailable as exc:
+            log.warning("queue push failed, the reconciler will retry: %s", exc)
+
+    # --- jobs
+    async def submit_job(
+        self, spec: JobSpec, *, idempotency_key: str | None, request_digest: str | None
+    ) -> tuple[JobView, bool]:
+        # The api validated already; validate again: gRPC callers are not all the api.
+        spec = _revalidate(spec, self.limits)
+        result = await self.store.submit_job(
+            spec, idempotency_key=idempotency_key, request_digest=request_digest
+        )
+        if not result.created:
+            return await self.store.get_job(result.job_id, include_nodes=False), False
+        self.metrics.jobs_submitted.inc()
+        await self.push(result.queued)
+        log.info(
+            "job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)}
+        )
+        view = JobView(
+            id=result.job_id,
+            name=spec.name,
+            status=JobStatus.RUNNING,
+            created_at=datetime.now(UTC),
+            finished_at=None,
+            nodes_total=len(spec.nodes),
+            node_counts=_initial_counts(spec, len(result.queued)),
+        )
+        return view, True
+
+    async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
+        return await self.store.get_job(job_id, include_nodes=include_nodes)
+
+    async def list_jobs(
+        self, *, limit: int, cursor: str | None, status: str | None
+    ) -> JobPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput("bad limit", [Problem("/limit", f"must be between 1 and {MAX_PAGE}")])
+        try:
+            wanted = JobStatus(status) if status else None
+        except ValueError:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise InvalidInput("bad status", [Problem("/status", f"must be one of {choices}")]) from None
+        return await self.store.list_jobs(limit=limit, cursor=cursor, status=wanted)
+
+    async def cancel_job(self, job_id: str) -> JobView:
+        view, withdrawn = await self.store.cancel_job(job_id)
+        try:
+            await self.queue.remove(withdrawn)
+        except Unavailable:
+            pass  # a stale queue entry is dropped at claim: the node is no longer queued
+        log.info("job cancel requested", extra={"job_id": job_id, "withdrawn": len(withdrawn)})
+        if view.status is not JobStatus.RUNNING:
+            self._job_finished(view.status, view.created_at)
+        return view
+
+    # --- attempts
+    async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
+        claimed = await self.store.claim(worker_id, refs, self.lease_seconds)
+        if len(claimed) < len(refs):
+            self.metrics.claims_rejected.inc(len(refs) - len(claimed))
+        return claimed
+
+    async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
+        result = await self.store.heartbeat(worker_id, beats, self.lease_seconds)
+        if result.lost:
+            self.metrics.reports_rejected.labels("heartbeat").inc(len(result.lost))
+        return result
+
+    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
+        outcome = await self.store.complete(worker_id, results)
+        await self.push(outcome.queued)
+        m = self.metrics
+        for result, enqueued_at in zip(results, outcome.enqueued_at, strict=True):
+            if enqueued_at is None:
+                m.reports_rejected.labels("result").inc()
+                continue
+            m.tasks_completed.labels(result.outcome.value).inc()
+            if result.started_at is not None:
+                latency = (result.started_at - enqueued_at).total_seconds()
+                m.enqueue_to_start.observe(max(latency, 0.0))
+                run = (result.finished_at - result.started_at).total_seconds()
+                m.run_seconds.labels(result.outcome.value).observe(max(run, 0.0))
+            if result.outcome in (Outcome.EXIT_CODE, Outcome.TIMEOUT, Outcome.LOST):
+                m.failures.labels(result.outcome.value).inc()
+        self.record_finished(outcome.finished_jobs)
+        return list(outcome.accepted)
+
+    def record_finished(self, jobs: Sequence[FinishedJob]) -> None:
+        for job in jobs:
+            self.metrics.jobs_finished.labels(job.status.value).inc()
+            self.metrics.job_duration.labels(job.status.value).observe(job.duration_seconds)
+            log.info(
+                "job finished",
+                extra={"job_id": job.job_id, "status": job.status.value,
+                       "seconds": round(job.duration_seconds, 3)},
+            )
+
+    def _job_finished(self, status: JobStatus, created_at: datetime) -> None:
+        duration = (datetime.now(UTC) - created_at).total_seconds()
+        self.record_finished([FinishedJob("", status, max(duration, 0.0))])
+
+
+def _revalidate(spec: JobSpec, limits: Limits) -> JobSpec:
+    raw = {
+        "name": spec.name,
+        "nodes": [
+            {
+                "id": n.id,
+                "name": n.name,
+                "command": n.command,
+                "retries": n.retries,
+                "timeout_seconds": n.timeout_seconds,
+                "idempotency_key": n.idempotency_key,
+                "depends_on": list(n.depends_on),
+                "env": dict(n.env) or None,
+                "retry_backoff": (
+                    {
+                        "base_seconds": n.backoff.base_seconds,
+                        "factor": n.backoff.factor,
+                        "max_seconds": n.backoff.max_seconds,
+                    }
+                    if n.backoff
+                    else None
+                ),
+            }
+            for n in spec.nodes
+        ],
+    }
+    return parse_job(raw, limits)
+
+
+def _initial_counts(spec: JobSpec, queued: int) -> dict[str, int]:
+    counts = {NodeState.QUEUED.value: queued, NodeState.PENDING.value: len(spec.nodes) - queued}
+    return {k: v for k, v in counts.items() if v}

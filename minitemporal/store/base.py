@@ -1,0 +1,119 @@
+"""The store interface, at the level of domain operations.
+
+A backend implements what an operation means (claim these attempts, record these results and
+queue what they unblock), not SQL text, so the embedded backend is not a SQL emulator. Every
+state change is one transaction fenced by the node's current attempt number. Backends take
+their decisions about retries and job status from `minitemporal.domain.states`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+
+from minitemporal.domain.model import (
+    Beat,
+    ClaimedTask,
+    CompleteResult,
+    FinishedJob,
+    HeartbeatResult,
+    JobPage,
+    JobSpec,
+    JobStatus,
+    JobView,
+    SubmitResult,
+    TaskRef,
+    TaskResult,
+)
+
+
+class Store(abc.ABC):
+    """Durable state of jobs, nodes and attempts."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and create or upgrade the schema (idempotent, safe to run concurrently)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise `Unavailable` unless the store answers a trivial query."""
+
+    # --- jobs
+    @abc.abstractmethod
+    async def submit_job(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> SubmitResult:
+        """Store the job and its nodes, and queue its root nodes, in one transaction.
+
+        With an idempotency key already used: the same digest returns the existing job
+        (created=False); a different digest raises `Conflict`.
+        """
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
+        """The job with every node and attempt; `NotFound` if there is none."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, *, limit: int, cursor: str | None = None, status: JobStatus | None = None
+    ) -> JobPage:
+        """Newest first; `cursor` is opaque, from a previous page."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: str) -> tuple[JobView, tuple[TaskRef, ...]]:
+        """Cancel waiting nodes now; running attempts are cancelled through heartbeats.
+
+        Returns the job and the queued attempts withdrawn (to remove from the queue).
+        `Conflict` if the job already finished.
+        """
+
+    # --- attempts
+    @abc.abstractmethod
+    async def claim(
+        self, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """queued -> running for each ref whose attempt is still current and queued.
+
+        Refs that are stale, already claimed or cancelled are left out of the answer.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
+    ) -> HeartbeatResult:
+        """Extend the leases this worker still holds; say which to cancel or drop."""
+
+    @abc.abstractmethod
+    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+        """Record finished attempts; queue the downstream nodes they unblock, atomically.
+
+        A result whose attempt is not the node's current running attempt held by this worker
+        is rejected (accepted=False) and changes nothing.
+        """
+
+    # --- background sweeps (safe with several schedulers at once)
+    @abc.abstractmethod
+    async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:
+        """retry_wait -> queued (next attempt number) for nodes whose backoff has passed."""
+
+    @abc.abstractmethod
+    async def expire_leases(self, limit: int = 1000) -> tuple[list[TaskRef], list[FinishedJob]]:
+        """Attempts whose lease ran out are lost: retry or fail them.
+
+        Returns the attempts lost and the jobs that finished because of it.
+        """
+
+    @abc.abstractmethod
+    async def queued_tasks(
+        self, *, min_age_seconds: float = 0.0, limit: int = 100_000
+    ) -> list[tuple[TaskRef, datetime]]:
+        """Queued attempts at least this old (by the store's clock) with their enqueue times,
+        oldest first: to rebuild the queue."""

@@ -1,0 +1,600 @@
+"""The PostgreSQL store: every operation one transaction, every state change compare-and-set.
+
+SQL lives in queries.sql; this module only sequences statements and applies the decisions of
+`minitemporal.domain.states`. Driver errors become `Unavailable` here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from minitemporal.domain.explain import NodeFacts, explain
+from minitemporal.domain.model import (
+    AttemptView,
+    Beat,
+    ClaimedTask,
+    CompleteResult,
+    FinishedJob,
+    HeartbeatResult,
+    JobPage,
+    JobSpec,
+    JobStatus,
+    JobView,
+    NodeState,
+    NodeView,
+    Outcome,
+    Output,
+    RetryPolicy,
+    SubmitResult,
+    TaskRef,
+    TaskResult,
+)
+from minitemporal.domain.states import after_attempt, job_status_when_done
+from minitemporal.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
+from minitemporal.store.base import Store
+from minitemporal.store.sqlfile import load_queries, load_text
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+SCHEMA_LOCK = 0x6D696E6974  # pg_advisory_xact_lock key: "minit"
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; command output can."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+class PostgresStore(Store):
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_policy: RetryPolicy,
+        pool_size: int = 8,
+        connect_timeout: float = 3.0,
+        acquire_timeout: float = 3.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._url = url
+        self._policy = retry_policy
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._acquire_timeout = acquire_timeout
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
+        self._q = load_queries("minitemporal.store.postgres", "queries.sql")
+        self._pool: AsyncConnectionPool[Conn] | None = None
+
+    # --- lifecycle
+    async def open(self) -> None:
+        self._pool = AsyncConnectionPool(
+            self._url,
+            min_size=min(2, self._pool_size),
+            max_size=self._pool_size,
+            open=False,
+            timeout=self._acquire_timeout,
+            kwargs={
+                "row_factory": dict_row,
+                "connect_timeout": max(1, round(self._connect_timeout)),
+                "application_name": "minitemporal",
+            },
+            reconnect_timeout=float("inf"),  # never give up: the scheduler outlives outages
+            name="minitemporal",
+        )
+        await self._pool.open(wait=False)
+        await self.migrate()
+
+    async def migrate(self) -> None:
+        schema = load_text("minitemporal.store.postgres", "schema.sql")
+
+        async def apply(conn: Conn) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            await conn.execute(schema.encode())  # type: ignore[arg-type] (bytes: no params)
+
+        await self._tx(apply)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        async def one(conn: Conn) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._tx(one)
+
+    # --- plumbing
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        if self._pool is None:
+            raise Unavailable("the store is not open")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise Unavailable("PostgreSQL is unavailable (no connection)") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if isinstance(exc, _RETRYABLE):
+                raise
+            raise Unavailable(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
+
+    async def _tx(self, body: Callable[[Conn], Awaitable[T]], attempts: int = 3) -> T:
+        """Run `body` in one transaction; retry it on deadlock or serialization failure."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await body(conn)
+            except _RETRYABLE:
+                if attempt == attempts:
+                    raise Unavailable("PostgreSQL transaction kept conflicting") from None
+        raise AssertionError("unreachable")
+
+    async def _one(self, conn: Conn, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        cur = await conn.execute(self._q[name], params)
+        return await cur.fetchone()
+
+    async def _all(self, conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cur = await conn.execute(self._q[name], params)
+        return await cur.fetchall()
+
+    # --- jobs
+    async def submit_job(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
+    ) -> SubmitResult:
+        job_id = uuid.uuid4()
+        nodes = [
+            {
+                "id": n.id,
+                "position": i,
+                "name": n.name,
+                "command": n.command,
+                "retries": n.retries,
+                "timeout_seconds": n.timeout_seconds,
+                "idempotency_key": n.idempotency_key,
+                "depends_on": list(n.depends_on),
+                "env": [list(pair) for pair in n.env],
+                "backoff_base": n.backoff.base_seconds if n.backoff else None,
+                "backoff_factor": n.backoff.factor if n.backoff else None,
+                "backoff_max": n.backoff.max_seconds if n.backoff else None,
+            }
+            for i, n in enumerate(spec.nodes)
+        ]
+
+        async def body(conn: Conn) -> SubmitResult:
+            row = await self._one(
+                conn,
+                "insert_job",
+                {
+                    "id": job_id,
+                    "name": spec.name,
+                    "n": len(spec.nodes),
+                    "idempotency_key": idempotency_key,
+                    "digest": request_digest if idempotency_key else None,
+                },
+            )
+            if row is None:  # the idempotency key is taken
+                existing = await self._one(conn, "job_by_idempotency_key", {"key": idempotency_key})
+                if existing is None:  # pragma: no cover - the conflicting row is committed
+                    raise Unavailable("idempotency key race, retry")
+                if existing["request_digest"] != request_digest:
+                    raise Conflict(
+                        "this Idempotency-Key was used for a different request",
+                        [Problem("/", f"job {existing['id']} was submitted with this key")],
+                    )
+                return SubmitResult(str(existing["id"]), created=False)
+            inserted = await self._all(conn, "insert_nodes", {"job": job_id, "nodes": Jsonb(nodes)})
+            await conn.execute(self._q["insert_edges"], {"job": job_id})
+            queued = sorted(
+                TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
+            )
+            return SubmitResult(str(job_id), created=True, queued=tuple(queued))
+
+        return await self._tx(body)
+
+    async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
+        key = _job_uuid(job_id)
+
+        async def body(conn: Conn) -> JobView:
+            job = await self._one(conn, "get_job", {"job": key})
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            counts = await self._node_counts(conn, [key])
+            nodes: tuple[NodeView, ...] = ()
+            if include_nodes:
+                nodes = await self._job_nodes(conn, key)
+            return _job_view(job, counts.get(key, {}), nodes)
+
+        return await self._tx(body)
+
+    async def _node_counts(self, conn: Conn, jobs: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+        counts: dict[uuid.UUID, dict[str, int]] = {}
+        for r in await self._all(conn, "job_node_counts", {"jobs": jobs}):
+            counts.setdefault(r["job_id"], {})[r["state"]] = r["n"]
+        return counts
+
+    async def _job_nodes(self, conn: Conn, job: uuid.UUID) -> tuple[NodeView, ...]:
+        rows = await self._all(conn, "job_nodes", {"job": job})
+        attempts: dict[int, list[AttemptView]] = {}
+        for a in await self._all(conn, "job_attempts", {"job": job}):
+            attempts.setdefault(a["node_id"], []).append(
+                AttemptView(
+                    attempt=a["attempt"],
+                    worker_id=a["worker_id"],
+                    enqueued_at=a["enqueued_at"],
+                    claimed_at=a["claimed_at"],
+                    started_at=a["started_at"],
+                    finished_at=a["finished_at"],
+                    exit_code=a["exit_code"],
+                    reason=a["reason"],
+                    stdout=Output(a["stdout_tail"], a["stdout_bytes"]),
+                    stderr=Output(a["stderr_tail"], a["stderr_bytes"]),
+                )
+            )
+        ahead: dict[int, int] = {}
+        if any(r["state"] == "queued" for r in rows):
+            ahead = {r["id"]: r["ahead"] for r in await self._all(conn, "queue_positions", {"job": job})}
+        states = {r["node_id"]: NodeState(r["state"]) for r in rows}
+        views = []
+        for r in rows:
+            tries = tuple(attempts.get(r["id"], ()))
+            current = tries[-1] if tries and tries[-1].attempt == r["attempt"] else None
+            state = NodeState(r["state"])
+            facts = NodeFacts(
+                state=state,
+                attempt=r["attempt"],
+                max_attempts=r["retries"] + 1,
+                dependency_states={d: states[d] for d in r["depends_on"] if d in states},
+                queued_ahead=ahead.get(r["id"]),
+                next_attempt_at=r["next_attempt_at"],
+                worker_id=r["worker_id"],
+                last_attempt=tries[-1] if tries else None,
+                cached=r["cached"],
+            )
+            views.append(
+                NodeView(
+                    id=r["node_id"],
+                    name=r["name"],
+                    command=r["command"],
+                    state=state,
+                    retries=r["retries"],
+                    timeout_seconds=r["timeout_seconds"],
+                    idempotency_key=r["idempotency_key"],
+                    depends_on=tuple(r["depends_on"]),
+                    attempt=r["attempt"],
+                    enqueued_at=r["enqueued_at"],
+                    started_at=current.started_at if current else None,
+                    finished_at=r["finished_at"],
+                    next_attempt_at=r["next_attempt_at"],
+                    worker_id=r["worker_id"] or (current.worker_id if current else None),
+                    exit_code=tries[-1].exit_code if tries else None,
+                    cached=r["cached"],
+                    attempts=tries,
+                    explanation=explain(facts),
+                )
+            )
+        return tuple(views)
+
+    async def list_jobs(
+        self, *, limit: int, cursor: str | None = None, status: JobStatus | None = None
+    ) -> JobPage:
+        before_created, before_id = _decode_cursor(cursor) if cursor else (None, None)
+
+        async def body(conn: Conn) -> JobPage:
+            rows = await self._all(
+                conn,
+                "list_jobs",
+                {
+                    "status": status.value if status else None,
+                    "before_created": before_created,
+                    "before_id": before_id,
+                    "limit": limit + 1,
+                },
+            )
+            page, more = rows[:limit], len(rows) > limit
+            counts = await self._node_counts(conn, [r["id"] for r in page]) if page else {}
+            jobs = tuple(_job_view(r, counts.get(r["id"], {}), ()) for r in page)
+            next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+            return JobPage(jobs, next_cursor)
+
+        return await self._tx(body)
+
+    async def cancel_job(self, job_id: str) -> tuple[JobView, tuple[TaskRef, ...]]:
+        key = _job_uuid(job_id)
+
+        async def body(conn: Conn) -> tuple[TaskRef, ...]:
+            if await self._one(conn, "request_cancel", {"job": key}) is None:
+                job = await self._one(conn, "job_status", {"job": key})
+                if job is None:
+                    raise NotFound(f"no job {job_id}")
+                if job["status"] != JobStatus.RUNNING:
+                    raise Conflict(f"job {job_id} already finished: {job['status']}")
+                return ()  # cancel already requested: idempotent
+            waiting = await self._all(conn, "cancel_waiting_nodes", {"job": key})
+            await self._count_finished(conn, key, finished=len(waiting), failed=0)
+            return tuple(TaskRef(w["id"], w["attempt"]) for w in waiting if w["state"] == "queued")
+
+        withdrawn = await self._tx(body)
+        return await self.get_job(job_id), withdrawn
+
+    # --- attempts
+    async def claim(
+        self, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
+    ) -> list[ClaimedTask]:
+        if not refs:
+            return []
+        params = {
+            "worker": worker_id,
+            "lease": lease_seconds,
+            "ids": [r.node for r in refs],
+            "attempts": [r.attempt for r in refs],
+        }
+
+        async def body(conn: Conn) -> list[ClaimedTask]:
+            rows = await self._all(conn, "claim", params)
+            return [
+                ClaimedTask(
+                    ref=TaskRef(r["id"], r["attempt"]),
+                    job_id=str(r["job_id"]),
+                    node_id=r["node_id"],
+                    command=r["command"],
+                    timeout_seconds=r["timeout_seconds"],
+                    env=tuple((k, v) for k, v in r["env"]),
+                )
+                for r in rows
+            ]
+
+        return await self._tx(body)
+
+    async def heartbeat(
+        self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
+    ) -> HeartbeatResult:
+        params = {
+            "worker": worker_id,
+            "lease": lease_seconds,
+            "ids": [b.ref.node for b in beats],
+            "attempts": [b.ref.attempt for b in beats],
+            "started": [b.started_at for b in beats],
+        }
+
+        async def body(conn: Conn) -> HeartbeatResult:
+            rows = await self._all(conn, "heartbeat", params)
+            held = {TaskRef(r["id"], r["attempt"]): r["cancel"] for r in rows}
+            cancel = tuple(ref for ref, c in held.items() if c)
+            lost = tuple(b.ref for b in beats if b.ref not in held)
+            return HeartbeatResult(cancel=cancel, lost=lost)
+
+        return await self._tx(body)
+
+    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+        async def body(conn: Conn) -> CompleteResult:
+            enqueued: list[datetime | None] = []
+            queued: list[TaskRef] = []
+            finished: list[FinishedJob] = []
+            for result in results:
+                if result.outcome is Outcome.SUCCEEDED:
+                    at = await self._succeed(conn, worker_id, result, queued, finished)
+                else:
+                    at = await self._fail(conn, worker_id, result, finished)
+                enqueued.append(at)
+            return CompleteResult(
+                enqueued_at=tuple(enqueued), queued=tuple(queued), finished_jobs=tuple(finished)
+            )
+
+        return await self._tx(body)
+
+    async def _succeed(
+        self,
+        conn: Conn,
+        worker_id: str,
+        result: TaskResult,
+        queued: list[TaskRef],
+        finished: list[FinishedJob],
+    ) -> datetime | None:
+        row = await self._one(conn, "complete_succeeded", _result_params(worker_id, result))
+        if row is None or row["job_id"] is None:
+            return None
+        queued.extend(
+            TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
+        )
+        if row["unfinished"] == 0:
+            await self._finish_job(conn, row, finished)
+        return row["enqueued_at"]
+
+    async def _fail(
+        self, conn: Conn, worker_id: str, result: TaskResult, finished: list[FinishedJob]
+    ) -> datetime | None:
+        params = _result_params(worker_id, result)
+        node = await self._one(conn, "lock_running", params)
+        if node is None:
+            return None
+        recorded = await self._one(
+            conn, "record_attempt", {**params, "reason": result.outcome.value}
+        )
+        await self._after_failure(conn, node, result.outcome, finished)
+        return recorded["enqueued_at"] if recorded else None
+
+    async def _after_failure(
+        self, conn: Conn, node: dict[str, Any], outcome: Outcome, finished: list[FinishedJob]
+    ) -> None:
+        """Apply the state machine's decision for a failed attempt of a locked node."""
+        decision = after_attempt(
+            outcome,
+            node["attempt"],
+            node["retries"] + 1,
+            self._node_policy(node),
+            job_cancelled=node["cancelled"],
+            rng=self._rng,
+        )
+        if decision.state is NodeState.RETRY_WAIT:
+            await conn.execute(
+                self._q["node_to_retry_wait"],
+                {"id": node["id"], "delay": decision.retry_delay or 0.0},
+            )
+            return
+        await conn.execute(self._q["node_to_final"], {"id": node["id"], "state": decision.state})
+        below: list[dict[str, Any]] = []
+        if decision.state is NodeState.FAILED:
+            below = await self._all(conn, "cascade_upstream_failed", {"id": node["id"]})
+        failed = 1 if decision.state is NodeState.FAILED else 0
+        await self._count_finished(
+            conn, node["job_id"], finished=1 + len(below), failed=failed, out=finished
+        )
+
+    def _node_policy(self, node: dict[str, Any]) -> RetryPolicy:
+        if node["backoff_base"] is None:
+            return self._policy
+        return RetryPolicy(
+            base_seconds=node["backoff_base"],
+            factor=node["backoff_factor"],
+            max_seconds=node["backoff_max"],
+            jitter=self._policy.jitter,
+        )
+
+    async def _count_finished(
+        self,
+        conn: Conn,
+        job: uuid.UUID,
+        *,
+        finished: int,
+        failed: int,
+        out: list[FinishedJob] | None = None,
+    ) -> None:
+        if finished == 0:
+            return
+        row = await self._one(
+            conn, "count_finished", {"job": job, "finished": finished, "failed": failed}
+        )
+        if row is not None and row["nodes_unfinished"] == 0:
+            await self._finish_job(
+                conn,
+                {"job_id": row["id"], "failed": row["nodes_failed"], "cancelled": row["cancelled"]},
+                out if out is not None else [],
+            )
+
+    async def _finish_job(
+        self, conn: Conn, row: dict[str, Any], finished: list[FinishedJob]
+    ) -> None:
+        status = job_status_when_done(cancelled=row["cancelled"], failed_nodes=row["failed"])
+        done = await self._one(
+            conn, "finish_job", {"job": row["job_id"], "status": status.value}
+        )
+        if done is not None:
+            finished.append(FinishedJob(str(row["job_id"]), status, done["duration"]))
+
+    # --- sweeps
+    async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:
+        async def body(conn: Conn) -> list[TaskRef]:
+            rows = await self._all(conn, "requeue_due_retries", {"limit": limit})
+            return sorted(TaskRef(r["id"], r["attempt"]) for r in rows)
+
+        return await self._tx(body)
+
+    async def expire_leases(
+        self, limit: int = 1000
+    ) -> tuple[list[TaskRef], list[FinishedJob]]:
+        async def body(conn: Conn) -> tuple[list[TaskRef], list[FinishedJob]]:
+            rows = await self._all(conn, "lock_expired", {"limit": limit})
+            lost: list[TaskRef] = []
+            finished: list[FinishedJob] = []
+            for node in rows:
+                await self._one(
+                    conn,
+                    "record_attempt",
+                    {
+                        "id": node["id"],
+                        "attempt": node["attempt"],
+                        "started_at": None,
+                        "finished_at": None,  # PostgreSQL's clock
+                        "exit_code": None,
+                        "reason": Outcome.LOST.value,
+                        "stdout_tail": "",
+                        "stdout_bytes": 0,
+                        "stderr_tail": "",
+                        "stderr_bytes": 0,
+                    },
+                )
+                await self._after_failure(conn, node, Outcome.LOST, finished)
+                lost.append(TaskRef(node["id"], node["attempt"]))
+            return lost, finished
+
+        return await self._tx(body)
+
+    async def queued_tasks(
+        self, *, min_age_seconds: float = 0.0, limit: int = 100_000
+    ) -> list[tuple[TaskRef, datetime]]:
+        async def body(conn: Conn) -> list[tuple[TaskRef, datetime]]:
+            rows = await self._all(
+                conn, "queued_tasks", {"age": min_age_seconds, "limit": limit}
+            )
+            return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
+
+        return await self._tx(body)
+
+
+# --- helpers
+def _result_params(worker_id: str, r: TaskResult) -> dict[str, Any]:
+    return {
+        "id": r.ref.node,
+        "attempt": r.ref.attempt,
+        "worker": worker_id,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "exit_code": r.exit_code,
+        "stdout_tail": _clean(r.stdout.tail),
+        "stdout_bytes": r.stdout.total_bytes,
+        "stderr_tail": _clean(r.stderr.tail),
+        "stderr_bytes": r.stderr.total_bytes,
+    }
+
+
+def _job_uuid(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound(f"no job {job_id}") from None
+
+
+def _job_view(row: dict[str, Any], counts: dict[str, int], nodes: tuple[NodeView, ...]) -> JobView:
+    return JobView(
+        id=str(row["id"]),
+        name=row["name"],
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        nodes_total=row["nodes_total"],
+        node_counts=dict(sorted(counts.items())),
+        nodes=nodes,
+        cancel_requested=row["cancel_requested_at"] is not None,
+    )
+
+
+def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(job_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("invalid cursor", [Problem("/cursor", "not a cursor we issued")]) from exc

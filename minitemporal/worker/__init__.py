@@ -1,0 +1,1 @@
+"""The worker role: pop ready attempts, claim them, run them, heartbeat, report."""

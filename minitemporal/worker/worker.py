@@ -1,0 +1,291 @@
+"""The worker loop: pop, claim, run, heartbeat, report.
+
+- A ref popped from the queue runs only if the scheduler's fenced claim grants it; the command
+  comes from the claim reply, never from the queue.
+- One heartbeat per interval covers every attempt this worker holds (running, or finished but
+  not yet reported). Its reply says which to cancel and which are no longer ours.
+- If no heartbeat gets through for a whole lease, the scheduler will have given our attempts
+  to others: we kill our own children rather than run them twice.
+- Results are reported in batches: whatever finished while the previous report was in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from minitemporal.domain.model import Beat, ClaimedTask, Outcome, Output, TaskRef, TaskResult
+from minitemporal.errors import MinitemporalError, Unavailable
+from minitemporal.observability.logging import task_fields
+from minitemporal.observability.metrics import WorkerMetrics
+from minitemporal.queue.base import TaskQueue
+from minitemporal.rpc.client import SchedulerClient
+from minitemporal.worker.environment import command_env, make_workdir, remove_workdir
+from minitemporal.worker.process import Execution, RunResult, RunSpec
+
+log = logging.getLogger("minitemporal.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    worker_id: str
+    slots: int
+    lease_seconds: float
+    heartbeat_seconds: float
+    drain_seconds: float
+    kill_grace_seconds: float
+    output_tail_bytes: int
+    work_dir: str | None = None
+    run_as_user: str | None = None
+    pop_timeout: float = 1.0
+
+
+@dataclass(slots=True)
+class _Held:
+    """An attempt this worker holds, from claim until its result is acknowledged."""
+
+    task: ClaimedTask
+    execution: Execution
+    report: bool = True  # False once the scheduler said the attempt is no longer ours
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _Reports:
+    pending: list[TaskResult] = field(default_factory=list)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        client: SchedulerClient,
+        queue: TaskQueue,
+        metrics: WorkerMetrics,
+        env_source: Callable[[ClaimedTask, str], dict[str, str]] = command_env,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.queue = queue
+        self.metrics = metrics
+        self._env = env_source
+        self._held: dict[TaskRef, _Held] = {}
+        self._running = 0
+        self._slot_freed = anyio.Event()
+        self._reports = _Reports()
+        self._last_heartbeat_ok = time.monotonic()
+        metrics.slots_total.set(config.slots)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def run(self, stopping: anyio.Event) -> None:
+        """Work until `stopping` is set, then drain: finish, give back, report."""
+        log.info(
+            "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
+            tg.start_soon(self._reporter)
+            async with anyio.create_task_group() as attempts:
+                await self._fetch(stopping, attempts)
+                await self._drain()
+            await self._flush_reports(timeout=10.0)
+            tg.cancel_scope.cancel()
+        log.info("worker stopped", extra={"worker": self.config.worker_id})
+
+    # --- taking work
+    async def _fetch(self, stopping: anyio.Event, attempts: TaskGroup) -> None:
+        failures = 0
+        while not stopping.is_set():
+            free = self.config.slots - self._running
+            if free <= 0:
+                self._slot_freed = anyio.Event()
+                with anyio.move_on_after(self.config.pop_timeout):
+                    await self._slot_freed.wait()
+                continue
+            try:
+                refs = await self.queue.pop(free, self.config.pop_timeout)
+                tasks = await self.client.claim(self.config.worker_id, refs) if refs else []
+                failures = 0
+            except Unavailable as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("cannot take work: %s (retrying)", exc)
+                await anyio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            except MinitemporalError as exc:
+                log.error("claim refused: %s", exc)
+                await anyio.sleep(1.0)
+                continue
+            if refs:
+                self.metrics.claims.labels("won").inc(len(tasks))
+                self.metrics.claims.labels("lost").inc(len(refs) - len(tasks))
+            for task in tasks:
+                self._start(task, attempts)
+
+    def _start(self, task: ClaimedTask, attempts: TaskGroup) -> None:
+        workdir = make_workdir(task, self.config.work_dir)
+        spec = RunSpec(
+            command=task.command,
+            env=self._env(task, workdir),
+            cwd=workdir,
+            timeout=task.timeout_seconds,
+            kill_grace=self.config.kill_grace_seconds,
+            tail_bytes=self.config.output_tail_bytes,
+            user=self.config.run_as_user,
+        )
+        held = _Held(task, Execution(spec))
+        self._held[task.ref] = held
+        self._running += 1
+        self.metrics.slots_busy.set(self._running)
+        attempts.start_soon(self._execute, held, workdir)
+
+    async def _execute(self, held: _Held, workdir: str) -> None:
+        task = held.task
+        fields = task_fields(task.job_id, task.node_id, task.ref.attempt, self.config.worker_id)
+        log.debug("attempt starting", extra=fields)
+        try:
+            result = await held.execution.run()
+        except Exception as exc:  # a bug here must not take the other attempts down
+            log.exception("attempt crashed inside the worker", extra=fields)
+            result = RunResult(
+                Outcome.LOST, None, held.execution.started_at, datetime.now(UTC),
+                Output(), Output(f"minitemporal worker error: {exc}"),
+            )
+        finally:
+            self._running -= 1
+            self.metrics.slots_busy.set(self._running)
+            self._slot_freed.set()
+        held.finished = True
+        self.metrics.spawn_seconds.observe(result.spawn_seconds)
+        self.metrics.tasks_run.labels(result.outcome.value).inc()
+        level = logging.INFO if result.outcome is Outcome.SUCCEEDED else logging.WARNING
+        log.log(
+            level,
+            "attempt finished: %s",
+            result.outcome.value,
+            extra={**fields, "exit_code": result.exit_code},
+        )
+        if held.report:
+            self._queue_report(task.ref, result)
+        else:
+            self._held.pop(task.ref, None)
+        await anyio.to_thread.run_sync(remove_workdir, workdir)
+
+    # --- reporting
+    def _queue_report(self, ref: TaskRef, r: RunResult) -> None:
+        self._reports.pending.append(
+            TaskResult(
+                ref=ref,
+                outcome=r.outcome,
+                exit_code=r.exit_code,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                stdout=r.stdout,
+                stderr=r.stderr,
+            )
+        )
+        self._reports.wake.set()
+
+    async def _reporter(self) -> None:
+        failures = 0
+        while True:
+            if not self._reports.pending:
+                self._reports.wake = anyio.Event()
+                await self._reports.wake.wait()
+            batch, self._reports.pending = self._reports.pending, []
+            try:
+                accepted = await self.client.complete(self.config.worker_id, batch)
+                failures = 0
+            except Unavailable as exc:
+                self._reports.pending[:0] = batch  # keep order; try again
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("cannot report %d result(s): %s (retrying)", len(batch), exc)
+                await anyio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            except MinitemporalError as exc:
+                log.error("results refused, dropping them: %s", exc)
+                accepted = [False] * len(batch)
+            for result, ok in zip(batch, accepted, strict=False):
+                self._held.pop(result.ref, None)
+                if not ok:
+                    log.warning(
+                        "result rejected: the attempt is no longer current",
+                        extra={"attempt": result.ref.attempt, "ref": result.ref.encode()},
+                    )
+
+    async def _flush_reports(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            while self._reports.pending or any(h.finished and h.report for h in self._held.values()):
+                await anyio.sleep(0.02)
+
+    # --- leases
+    async def _heartbeats(self) -> None:
+        while True:
+            await anyio.sleep(self.config.heartbeat_seconds)
+            await self.heartbeat_once()
+
+    async def heartbeat_once(self) -> None:
+        held = list(self._held.items())
+        beats = [Beat(ref, h.execution.started_at) for ref, h in held if h.report]
+        try:
+            reply = await self.client.heartbeat(self.config.worker_id, beats)
+        except MinitemporalError as exc:
+            self.metrics.heartbeat_failures.inc()
+            silent = time.monotonic() - self._last_heartbeat_ok
+            log.warning("heartbeat failed (%.1fs without one): %s", silent, exc)
+            if silent > self.config.lease_seconds:
+                self._lease_lost_everything()
+            return
+        self._last_heartbeat_ok = time.monotonic()
+        for ref in reply.cancel:
+            if (h := self._held.get(ref)) is not None:
+                log.info("cancelling attempt: its job was cancelled", extra=self._fields(h))
+                h.execution.stop(Outcome.CANCELLED)
+        for ref in reply.lost:
+            if (h := self._held.get(ref)) is not None:
+                log.warning("attempt no longer ours: stopping it", extra=self._fields(h))
+                h.report = False
+                h.execution.stop(Outcome.LOST)
+                if h.finished:
+                    self._held.pop(ref, None)
+
+    def _lease_lost_everything(self) -> None:
+        """No heartbeat for a whole lease: our attempts may already run elsewhere."""
+        for h in self._held.values():
+            if not h.finished:
+                log.error("lease lost: killing attempt", extra=self._fields(h))
+                h.report = False
+                h.execution.stop(Outcome.LOST)
+
+    # --- shutdown
+    async def _drain(self) -> None:
+        if self._running:
+            log.info(
+                "draining: waiting up to %gs for %d attempt(s)",
+                self.config.drain_seconds,
+                self._running,
+            )
+        with anyio.move_on_after(self.config.drain_seconds):
+            while self._running:
+                await anyio.sleep(0.05)
+        for h in self._held.values():
+            if not h.finished:
+                log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
+                h.execution.stop(Outcome.LOST)
+
+    def _fields(self, h: _Held) -> dict[str, object]:
+        t = h.task
+        return task_fields(t.job_id, t.node_id, t.ref.attempt, self.config.worker_id)
+
