@@ -350,9 +350,8 @@ def _graph(out: _Collector, pointer: str, raw_nodes: list[object], limits: Limit
             if dep not in positions:
                 out.add(f"{pointer}/{i}/depends_on/{j}", f"unknown node {dep!r}")
 
-    if not out.problems:
-        deps: Mapping[str, tuple[str, ...]] = {n.id: n.depends_on for n in nodes}
-        cycle = find_cycle(deps)
-        if cycle is not None:
-            out.add(pointer, "dependency cycle: " + " -> ".join(cycle))
+    deps: Mapping[str, tuple[str, ...]] = {n.id: n.depends_on for n in nodes}
+    cycle = find_cycle(deps)
+    if cycle is not None:
+        out.add(pointer, "dependency cycle: " + " -> ".join(cycle) + " (each depends on the next)")
     return nodes

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: services, real processes, the REST client."""
