@@ -54,7 +54,9 @@ def build_store(settings: Settings) -> Store:
     if url.startswith(("postgres://", "postgresql://")):
         from minitemporal.store.postgres import PostgresStore
 
-        return PostgresStore(url, retry_policy=settings.retry_policy, pool_size=settings.db_pool_size)
+        return PostgresStore(
+            url, retry_policy=settings.retry_policy, pool_size=settings.db_pool_size
+        )
     raise ConfigurationError(
         "MINITEMPORAL_DATABASE_URL must start with postgresql:// or sqlite:// "
         f"(got {redact_url(url)!r})"
@@ -75,7 +77,11 @@ def check_roles(settings: Settings) -> None:
     """Refuse, in one line, a role set that cannot work with the configured backends."""
     roles = settings.role_set
     embedded_queue = settings.redis_url is None
-    if embedded_queue and roles != {"api", "scheduler", "worker"} and roles & {"scheduler", "worker"}:
+    if (
+        embedded_queue
+        and roles != {"api", "scheduler", "worker"}
+        and roles & {"scheduler", "worker"}
+    ):
         raise ConfigurationError(
             f"--roles {settings.roles} needs MINITEMPORAL_REDIS_URL: the in-process queue only "
             "works when scheduler and worker share a process (--roles all)"
@@ -126,16 +132,15 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_signals, tg)
                 tg.start_soon(self._serve_http)
-                service = None
-                if "scheduler" in self.roles:
-                    service = await self._start_scheduler(tg, grpc_health)
+                if self.store is not None and self.queue is not None:
+                    service = await self._start_scheduler(tg, grpc_health, self.store, self.queue)
                     if service is None:
                         return  # stopped while waiting for the store
                 elif self.queue is not None:
                     await self._open_with_retry("queue", self.queue.open)
                 worker_done = anyio.Event()
-                if "worker" in self.roles:
-                    tg.start_soon(self._run_worker, worker_done)
+                if "worker" in self.roles and self.client is not None and self.queue is not None:
+                    tg.start_soon(self._run_worker, worker_done, self.client, self.queue)
                 else:
                     worker_done.set()
                 log.info("minitemporal running", extra={"roles": ",".join(sorted(self.roles))})
@@ -155,7 +160,7 @@ class Runtime:
         if "scheduler" in self.roles and (s.database_url is None or s.redis_url is None):
             store = "SQLite file" if s.database_url is None else "PostgreSQL"
             queue = "an in-process queue" if s.redis_url is None else "Redis"
-            print(  # noqa: T201 - the one line a new user must see, whatever the log format
+            print(
                 f"minitemporal: embedded mode ({store}, {queue}). For production set "
                 "MINITEMPORAL_DATABASE_URL=postgresql://... and MINITEMPORAL_REDIS_URL=redis://...",
                 flush=True,
@@ -178,17 +183,16 @@ class Runtime:
         return False
 
     async def _start_scheduler(
-        self, tg: TaskGroup, grpc_health: HealthServicer
+        self, tg: TaskGroup, grpc_health: HealthServicer, store: Store, queue: TaskQueue
     ) -> SchedulerService | None:
         s = self.settings
-        assert self.store is not None and self.queue is not None  # noqa: S101
-        if not await self._open_with_retry("store", self.store.open):
+        if not await self._open_with_retry("store", store.open):
             return None
-        if not await self._open_with_retry("queue", self.queue.open):
+        if not await self._open_with_retry("queue", queue.open):
             return None
         service = SchedulerService(
-            self.store,
-            self.queue,
+            store,
+            queue,
             self.metrics.scheduler,
             lease_seconds=s.lease_seconds,
             limits=s.limits,
@@ -220,9 +224,10 @@ class Runtime:
                 serving = ok
                 await set_serving(grpc_health, ok)
 
-    async def _run_worker(self, done: anyio.Event) -> None:
+    async def _run_worker(
+        self, done: anyio.Event, client: SchedulerClient, queue: TaskQueue
+    ) -> None:
         s = self.settings
-        assert self.client is not None and self.queue is not None  # noqa: S101
         try:
             worker = Worker(
                 WorkerConfig(
@@ -235,8 +240,8 @@ class Runtime:
                     output_tail_bytes=s.output_tail_bytes,
                     work_dir=s.work_dir,
                 ),
-                client=self.client,
-                queue=self.queue,
+                client=client,
+                queue=queue,
                 metrics=self.metrics.worker,
             )
             await worker.run(self.stopping)
@@ -245,8 +250,7 @@ class Runtime:
 
     async def _serve_http(self) -> None:
         s = self.settings
-        if "api" in self.roles:
-            assert self.client is not None  # noqa: S101
+        if "api" in self.roles and self.client is not None:
             app = create_app(
                 ApiDeps(
                     scheduler=self.client,

@@ -24,7 +24,9 @@ from minitemporal.errors import ConfigurationError, MinitemporalError
 
 def _click_type(annotation: Any) -> Any:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+    base = (
+        args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+    )
     if typing.get_origin(base) is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(base)])
     if base is bool:

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     )
 
     roles: str = Field(
-        "all", description="Roles to run in this process: all, or a comma list of api,scheduler,worker."
+        "all",
+        description="Roles to run in this process: all, or a comma list of api,scheduler,worker.",
     )
     # --- backends
     database_url: str | None = Field(
@@ -37,15 +38,20 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="Redis URL (redis://host:6379/0). Unset: an in-process queue (--roles all only).",
+        description="Redis URL (redis://host:6379/0). "
+        "Unset: an in-process queue (--roles all only).",
     )
     redis_prefix: str = Field("minitemporal", description="Prefix of every Redis key we use.")
     db_pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per scheduler.")
     # --- network
     api_host: str = Field("127.0.0.1", description="Address the REST api listens on.")
     api_port: int = Field(8080, ge=0, le=65535, description="Port of the REST api.")
-    grpc_host: str = Field("127.0.0.1", description="Address the scheduler's gRPC server listens on.")
-    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the scheduler's gRPC server.")
+    grpc_host: str = Field(
+        "127.0.0.1", description="Address the scheduler's gRPC server listens on."
+    )
+    grpc_port: int = Field(
+        50051, ge=0, le=65535, description="Port of the scheduler's gRPC server."
+    )
     scheduler_address: str | None = Field(
         None,
         description="host:port where api and worker reach a scheduler. "
@@ -55,7 +61,10 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address of /healthz and /metrics in a process without the api."
     )
     metrics_port: int = Field(
-        8081, ge=0, le=65535, description="Port of /healthz and /metrics in a process without the api."
+        8081,
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /metrics in a process without the api.",
     )
     # --- worker
     worker_slots: int = Field(4, ge=1, le=1024, description="Commands one worker runs at once.")
@@ -70,20 +79,35 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="Between SIGTERM and SIGKILL when a command must stop."
     )
     drain_seconds: float = Field(
-        30.0, ge=0, le=86400, description="On SIGTERM, how long a worker lets running commands finish."
+        30.0,
+        ge=0,
+        le=86400,
+        description="On SIGTERM, how long a worker lets running commands finish.",
     )
     # --- scheduler
     lease_seconds: float = Field(
-        15.0, gt=0.5, le=3600, description="An attempt whose worker stops heartbeating is lost after this."
+        15.0,
+        gt=0.5,
+        le=3600,
+        description="An attempt whose worker stops heartbeating is lost after this.",
     )
     heartbeat_seconds: float = Field(
-        3.0, gt=0, le=600, description="How often a worker renews the leases of its running attempts."
+        3.0,
+        gt=0,
+        le=600,
+        description="How often a worker renews the leases of its running attempts.",
     )
     sweep_seconds: float = Field(
-        0.25, gt=0, le=60, description="How often the scheduler requeues due retries and reaps leases."
+        0.25,
+        gt=0,
+        le=60,
+        description="How often the scheduler requeues due retries and reaps leases.",
     )
     reconcile_seconds: float = Field(
-        5.0, gt=0, le=3600, description="How often the scheduler re-pushes queued attempts to Redis."
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the scheduler re-pushes queued attempts to Redis.",
     )
     retry_base_seconds: float = Field(1.0, ge=0, le=86400, description="First retry delay.")
     retry_factor: float = Field(2.0, ge=1, le=10, description="Retry delay growth per attempt.")

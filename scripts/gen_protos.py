@@ -43,7 +43,9 @@ def generate(out: Path) -> None:
             old.unlink()
         for src in sorted(Path(tmp).rglob("*.py*")):
             text = src.read_text()
-            text = re.sub(r"\bfrom minitemporal\.v1 import\b", "from minitemporal.rpc.gen import", text)
+            text = re.sub(
+                r"\bfrom minitemporal\.v1 import\b", "from minitemporal.rpc.gen import", text
+            )
             (out / src.name).write_text(HEADER + text)
     init = out / "__init__.py"
     init.write_text('"""Generated protobuf and gRPC code. Regenerate: scripts/gen_protos.py."""\n')

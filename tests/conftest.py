@@ -33,6 +33,12 @@ def _unavailable(what: str, why: object) -> None:
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """grpc.aio needs asyncio, so every async test runs on it."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         with postgres_server(tmp_path_factory.mktemp("pg")) as url:

@@ -16,8 +16,8 @@ import falcon
 import falcon.asgi
 
 from minitemporal.api import serialize
-from minitemporal.domain.validation import Limits, parse_job_request
 from minitemporal.api.problems import install_problem_handlers
+from minitemporal.domain.validation import Limits, parse_job_request
 from minitemporal.errors import InvalidInput, MalformedRequest, PayloadTooLarge, Problem
 from minitemporal.observability.health import Health
 from minitemporal.observability.http import HealthResource, MetricsResource
@@ -90,7 +90,11 @@ class JobsResource:
         if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidInput(
                 "bad Idempotency-Key",
-                [Problem("/headers/Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters")],
+                [
+                    Problem(
+                        "/headers/Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+                    )
+                ],
             )
         body = await read_json(req, self._d.max_body_bytes)
         spec = parse_job_request(body, self._d.limits)
@@ -117,7 +121,9 @@ class JobResource:
     def __init__(self, deps: ApiDeps) -> None:
         self._d = deps
 
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
         resp.media = serialize.job(await self._d.scheduler.get_job(job_id))
 
 
@@ -125,7 +131,9 @@ class CancelResource:
     def __init__(self, deps: ApiDeps) -> None:
         self._d = deps
 
-    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str) -> None:
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
         resp.media = serialize.job(await self._d.scheduler.cancel_job(job_id))
 
 

@@ -14,7 +14,10 @@ PROBLEM_JSON = "application/problem+json"
 
 
 async def _domain_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: MinitemporalError, params: dict[str, Any]
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    exc: MinitemporalError,
+    params: dict[str, Any],
 ) -> None:
     resp.status = exc.http_status
     resp.content_type = PROBLEM_JSON

@@ -20,9 +20,7 @@ def backoff_cap(attempt: int, policy: RetryPolicy) -> float:
     return min(policy.max_seconds, raw)
 
 
-def compute_backoff(
-    attempt: int, policy: RetryPolicy, rng: random.Random | None = None
-) -> float:
+def compute_backoff(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
     """Delay in seconds before the attempt after `attempt`, in [cap*(1-jitter), cap].
 
     Jitter spreads retries of many nodes that failed together (a flapping dependency) so they

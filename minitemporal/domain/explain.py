@@ -59,12 +59,12 @@ def explain(f: NodeFacts) -> str:
     if f.state is S.FAILED:
         return f"failed: attempt {f.attempt} of {f.max_attempts} {_how(f.last_attempt)}"
     if f.state is S.UPSTREAM_FAILED:
-        failed = [
-            d for d, s in f.dependency_states.items() if s in (S.FAILED, S.UPSTREAM_FAILED)
-        ]
+        failed = [d for d, s in f.dependency_states.items() if s in (S.FAILED, S.UPSTREAM_FAILED)]
         return "not run: upstream " + (", ".join(failed) or "node") + " failed"
     if f.state is S.CANCELLED:
         if f.last_attempt is not None and f.last_attempt.reason == "cancelled":
             return f"cancelled while running attempt {f.attempt}; the process was killed"
-        return "cancelled before it ran" if f.attempt == 0 or f.last_attempt is None else "cancelled"
+        return (
+            "cancelled before it ran" if f.attempt == 0 or f.last_attempt is None else "cancelled"
+        )
     return ""

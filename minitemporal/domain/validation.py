@@ -130,10 +130,14 @@ def _positive_seconds(
     return number
 
 
-def _node(out: _Collector, pointer: str, raw: object, limits: Limits) -> NodeSpec | None:
+def _node(
+    out: _Collector, pointer: str, raw: object, limits: Limits
+) -> tuple[NodeSpec | None, dict[int, str]]:
+    """The node's spec (None if it has problems) and its well-formed dependencies by index,
+    so unknown dependencies are reported even for a node with other problems."""
     if not isinstance(raw, dict):
         out.add(pointer, f"must be an object, got {_kind(raw)}")
-        return None
+        return None, {}
     before = len(out.problems)
     for key in sorted(set(raw) - NODE_FIELDS):
         out.add(f"{pointer}/{_escape(key)}", "unknown field")
@@ -175,11 +179,10 @@ def _node(out: _Collector, pointer: str, raw: object, limits: Limits) -> NodeSpe
 
     key = raw.get("idempotency_key")
     if key is not None:
-        key = _text(
-            out, f"{pointer}/idempotency_key", key, max_length=limits.max_name_length
-        )
+        key = _text(out, f"{pointer}/idempotency_key", key, max_length=limits.max_name_length)
 
     depends_on: list[str] = []
+    dep_index: dict[int, str] = {}
     deps_raw = raw.get("depends_on", [])
     if deps_raw is None:
         deps_raw = []
@@ -200,12 +203,13 @@ def _node(out: _Collector, pointer: str, raw: object, limits: Limits) -> NodeSpe
                 out.add(f"{pointer}/depends_on/{j}", "a node cannot depend on itself")
             else:
                 depends_on.append(dep_text)
+                dep_index[j] = dep_text
 
     env = _env(out, f"{pointer}/env", raw.get("env"), limits)
     backoff = _backoff(out, f"{pointer}/retry_backoff", raw.get("retry_backoff"), limits)
 
     if len(out.problems) > before or node_id is None or command is None:
-        return None
+        return None, dep_index
     return NodeSpec(
         id=node_id,
         command=command,
@@ -216,12 +220,10 @@ def _node(out: _Collector, pointer: str, raw: object, limits: Limits) -> NodeSpe
         depends_on=tuple(depends_on),
         env=env,
         backoff=backoff,
-    )
+    ), dep_index
 
 
-def _env(
-    out: _Collector, pointer: str, raw: object, limits: Limits
-) -> tuple[tuple[str, str], ...]:
+def _env(out: _Collector, pointer: str, raw: object, limits: Limits) -> tuple[tuple[str, str], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -319,17 +321,19 @@ def _job(out: _Collector, pointer: str, raw: object, limits: Limits) -> JobSpec:
         nodes = _graph(out, f"{pointer}/nodes", nodes_raw, limits)
 
     if out.problems or name is None:
-        raise InvalidInput(
-            f"the job is invalid ({len(out.problems)} problem(s))", out.problems
-        )
+        raise InvalidInput(f"the job is invalid ({len(out.problems)} problem(s))", out.problems)
     return JobSpec(name=name, nodes=tuple(nodes))
 
 
-def _graph(out: _Collector, pointer: str, raw_nodes: list[object], limits: Limits) -> list[NodeSpec]:
+def _graph(
+    out: _Collector, pointer: str, raw_nodes: list[object], limits: Limits
+) -> list[NodeSpec]:
     nodes: list[NodeSpec] = []
     positions: dict[str, int] = {}
+    all_deps: list[dict[int, str]] = []
     for i, raw in enumerate(raw_nodes):
-        node = _node(out, f"{pointer}/{i}", raw, limits)
+        node, deps_of_node = _node(out, f"{pointer}/{i}", raw, limits)
+        all_deps.append(deps_of_node)
         if node is None:
             # Still reserve its id, so that its dependants do not report it unknown.
             if isinstance(raw, dict) and isinstance(raw.get("id"), str):
@@ -344,9 +348,8 @@ def _graph(out: _Collector, pointer: str, raw_nodes: list[object], limits: Limit
         positions[node.id] = i
         nodes.append(node)
 
-    for node in nodes:
-        i = positions[node.id]
-        for j, dep in enumerate(node.depends_on):
+    for i, deps_of_node in enumerate(all_deps):
+        for j, dep in deps_of_node.items():
             if dep not in positions:
                 out.add(f"{pointer}/{i}/depends_on/{j}", f"unknown node {dep!r}")
 

@@ -23,7 +23,11 @@ class HealthResource:
         resp.media = {
             "status": "ok" if ok else "unavailable",
             "checks": {
-                r.name: {"ok": r.ok, "latency_ms": r.latency_ms, **({"error": r.error} if r.error else {})}
+                r.name: {
+                    "ok": r.ok,
+                    "latency_ms": r.latency_ms,
+                    **({"error": r.error} if r.error else {}),
+                }
                 for r in results
             },
         }

@@ -37,9 +37,7 @@ class RedisQueue(TaskQueue):
             "retry_on_error": [RedisConnectionError],
             "health_check_interval": 15,
         }
-        self._redis = aioredis.Redis.from_url(
-            self._url, socket_timeout=self._op_timeout, **common
-        )
+        self._redis = aioredis.Redis.from_url(self._url, socket_timeout=self._op_timeout, **common)
         # Blocking pops hold a connection for their whole wait: give them their own client,
         # with no socket timeout (the command's own timeout bounds the wait).
         self._blocking = aioredis.Redis.from_url(self._url, socket_timeout=None, **common)

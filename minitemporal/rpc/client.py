@@ -80,7 +80,11 @@ class SchedulerClient:
 
     # --- jobs
     async def submit_job(
-        self, spec: JobSpec, *, idempotency_key: str | None = None, request_digest: str | None = None
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        request_digest: str | None = None,
     ) -> tuple[JobView, bool]:
         reply = await self._call(
             "SubmitJob", convert.job_spec_to_pb(spec, idempotency_key, request_digest)
@@ -88,7 +92,9 @@ class SchedulerClient:
         return convert.job_from_pb(reply.job), reply.created
 
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
-        reply = await self._call("GetJob", pb.GetJobRequest(job_id=job_id, include_nodes=include_nodes))
+        reply = await self._call(
+            "GetJob", pb.GetJobRequest(job_id=job_id, include_nodes=include_nodes)
+        )
         return convert.job_from_pb(reply)
 
     async def list_jobs(
@@ -106,7 +112,9 @@ class SchedulerClient:
         )
 
     async def cancel_job(self, job_id: str) -> JobView:
-        return convert.job_from_pb(await self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)))
+        return convert.job_from_pb(
+            await self._call("CancelJob", pb.CancelJobRequest(job_id=job_id))
+        )
 
     # --- tasks
     async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
@@ -119,7 +127,9 @@ class SchedulerClient:
     async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
         reply = await self._call(
             "Heartbeat",
-            pb.HeartbeatRequest(worker_id=worker_id, running=[convert.beat_to_pb(b) for b in beats]),
+            pb.HeartbeatRequest(
+                worker_id=worker_id, running=[convert.beat_to_pb(b) for b in beats]
+            ),
         )
         return HeartbeatResult(
             cancel=tuple(convert.ref_from_pb(r) for r in reply.cancel),
@@ -144,4 +154,6 @@ class SchedulerClient:
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"scheduler at {self.address}: {exc.code().name}") from None
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise Unavailable(f"scheduler at {self.address} is not serving (its store or queue is down)")
+            raise Unavailable(
+                f"scheduler at {self.address} is not serving (its store or queue is down)"
+            )

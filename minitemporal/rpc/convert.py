@@ -74,7 +74,9 @@ def node_spec_from_pb(m: pb.NodeSpec) -> NodeSpec:
     backoff = None
     if m.HasField("retry_backoff"):
         b = m.retry_backoff
-        backoff = RetryPolicy(base_seconds=b.base_seconds, factor=b.factor, max_seconds=b.max_seconds)
+        backoff = RetryPolicy(
+            base_seconds=b.base_seconds, factor=b.factor, max_seconds=b.max_seconds
+        )
     return NodeSpec(
         id=m.id,
         name=m.name,

@@ -54,26 +54,30 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             self._m.server_calls.labels(method, code.name).inc()
             self._m.server_seconds.labels(method).observe(time.perf_counter() - start)
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:  # noqa: N802
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
         async def body() -> pb.SubmitJobResponse:
             spec = convert.job_spec_from_pb(request)
             job, created = await self._s.submit_job(
                 spec,
-                idempotency_key=request.idempotency_key if request.HasField("idempotency_key") else None,
-                request_digest=request.request_digest if request.HasField("request_digest") else None,
+                idempotency_key=request.idempotency_key
+                if request.HasField("idempotency_key")
+                else None,
+                request_digest=request.request_digest
+                if request.HasField("request_digest")
+                else None,
             )
             return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
 
         return await self._run("SubmitJob", context, body)
 
-    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:  # noqa: N802
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         async def body() -> pb.Job:
             job = await self._s.get_job(request.job_id, include_nodes=request.include_nodes)
             return convert.job_to_pb(job)
 
         return await self._run("GetJob", context, body)
 
-    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:  # noqa: N802
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         async def body() -> pb.ListJobsResponse:
             page = await self._s.list_jobs(
                 limit=request.limit or 50,
@@ -87,13 +91,15 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
         return await self._run("ListJobs", context, body)
 
-    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:  # noqa: N802
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
         async def body() -> pb.Job:
             return convert.job_to_pb(await self._s.cancel_job(request.job_id))
 
         return await self._run("CancelJob", context, body)
 
-    async def ClaimTasks(self, request: pb.ClaimTasksRequest, context: Any) -> pb.ClaimTasksResponse:  # noqa: N802
+    async def ClaimTasks(
+        self, request: pb.ClaimTasksRequest, context: Any
+    ) -> pb.ClaimTasksResponse:
         async def body() -> pb.ClaimTasksResponse:
             refs = [convert.ref_from_pb(r) for r in request.tasks]
             tasks = await self._s.claim(request.worker_id, refs)
@@ -103,7 +109,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
         return await self._run("ClaimTasks", context, body)
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:  # noqa: N802
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         async def body() -> pb.HeartbeatResponse:
             beats = [convert.beat_from_pb(b) for b in request.running]
             result = await self._s.heartbeat(request.worker_id, beats)
@@ -115,7 +121,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
         return await self._run("Heartbeat", context, body)
 
-    async def CompleteTasks(  # noqa: N802
+    async def CompleteTasks(
         self, request: pb.CompleteTasksRequest, context: Any
     ) -> pb.CompleteTasksResponse:
         async def body() -> pb.CompleteTasksResponse:
@@ -143,7 +149,9 @@ class SecretInterceptor(grpc.aio.ServerInterceptor):
         given_bytes = given.encode() if isinstance(given, str) else given
         if hmac.compare_digest(given_bytes, self._expected):
             return await continuation(details)
-        log.warning("gRPC call refused: missing or wrong shared secret", extra={"method": details.method})
+        log.warning(
+            "gRPC call refused: missing or wrong shared secret", extra={"method": details.method}
+        )
         return _deny(
             grpc.StatusCode.UNAUTHENTICATED,
             "missing or wrong shared secret (set MINITEMPORAL_GRPC_SECRET on every role)",

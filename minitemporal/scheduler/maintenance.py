@@ -55,7 +55,7 @@ class Maintenance:
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("%s sweep: %s (retrying)", name, exc)
-                await anyio.sleep(min(interval * 2**min(failures, 5), 5.0))
+                await anyio.sleep(min(interval * 2 ** min(failures, 5), 5.0))
             except Exception:
                 log.exception("%s sweep failed", name)
                 await anyio.sleep(max(interval, 1.0))

@@ -7,6 +7,7 @@ the node is durable as `queued` and the reconciler pushes it again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -75,9 +76,7 @@ class SchedulerService:
             return await self.store.get_job(result.job_id, include_nodes=False), False
         self.metrics.jobs_submitted.inc()
         await self.push(result.queued)
-        log.info(
-            "job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)}
-        )
+        log.info("job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)})
         view = JobView(
             id=result.job_id,
             name=spec.name,
@@ -92,24 +91,25 @@ class SchedulerService:
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         return await self.store.get_job(job_id, include_nodes=include_nodes)
 
-    async def list_jobs(
-        self, *, limit: int, cursor: str | None, status: str | None
-    ) -> JobPage:
+    async def list_jobs(self, *, limit: int, cursor: str | None, status: str | None) -> JobPage:
         if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput("bad limit", [Problem("/limit", f"must be between 1 and {MAX_PAGE}")])
+            raise InvalidInput(
+                "bad limit", [Problem("/limit", f"must be between 1 and {MAX_PAGE}")]
+            )
         try:
             wanted = JobStatus(status) if status else None
         except ValueError:
             choices = ", ".join(s.value for s in JobStatus)
-            raise InvalidInput("bad status", [Problem("/status", f"must be one of {choices}")]) from None
+            raise InvalidInput(
+                "bad status", [Problem("/status", f"must be one of {choices}")]
+            ) from None
         return await self.store.list_jobs(limit=limit, cursor=cursor, status=wanted)
 
     async def cancel_job(self, job_id: str) -> JobView:
         view, withdrawn = await self.store.cancel_job(job_id)
-        try:
+        # A stale queue entry is harmless (dropped at claim: the node is no longer queued).
+        with contextlib.suppress(Unavailable):
             await self.queue.remove(withdrawn)
-        except Unavailable:
-            pass  # a stale queue entry is dropped at claim: the node is no longer queued
         log.info("job cancel requested", extra={"job_id": job_id, "withdrawn": len(withdrawn)})
         if view.status is not JobStatus.RUNNING:
             self._job_finished(view.status, view.created_at)
@@ -153,8 +153,11 @@ class SchedulerService:
             self.metrics.job_duration.labels(job.status.value).observe(job.duration_seconds)
             log.info(
                 "job finished",
-                extra={"job_id": job.job_id, "status": job.status.value,
-                       "seconds": round(job.duration_seconds, 3)},
+                extra={
+                    "job_id": job.job_id,
+                    "status": job.status.value,
+                    "seconds": round(job.duration_seconds, 3),
+                },
             )
 
     def _job_finished(self, status: JobStatus, created_at: datetime) -> None:

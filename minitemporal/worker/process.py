@@ -132,11 +132,13 @@ class Execution:
         spawn_seconds = time.perf_counter() - t0
         self.started_at = datetime.now(UTC)
         pgid = proc.pid
-        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 (PIPE above)
+        stdout, stderr = proc.stdout, proc.stderr
+        if stdout is None or stderr is None:  # pragma: no cover - PIPE was asked for
+            raise RuntimeError("subprocess pipes missing")
 
         async with anyio.create_task_group() as pumps:
-            pumps.start_soon(_pump, proc.stdout, out)
-            pumps.start_soon(_pump, proc.stderr, err)
+            pumps.start_soon(_pump, stdout, out)
+            pumps.start_soon(_pump, stderr, err)
             outcome = await self._supervise(proc, pgid)
             finished_at = datetime.now(UTC)
             # Nothing of the attempt outlives it: end stragglers left in the group.

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import anyio
 from anyio.abc import TaskGroup
@@ -80,6 +80,7 @@ class Worker:
         self._held: dict[TaskRef, _Held] = {}
         self._running = 0
         self._slot_freed = anyio.Event()
+        self._changed = anyio.Event()  # set whenever attempts end or results are acknowledged
         self._reports = _Reports()
         self._last_heartbeat_ok = time.monotonic()
         metrics.slots_total.set(config.slots)
@@ -159,13 +160,18 @@ class Worker:
         except Exception as exc:  # a bug here must not take the other attempts down
             log.exception("attempt crashed inside the worker", extra=fields)
             result = RunResult(
-                Outcome.LOST, None, held.execution.started_at, datetime.now(UTC),
-                Output(), Output(f"minitemporal worker error: {exc}"),
+                Outcome.LOST,
+                None,
+                held.execution.started_at,
+                datetime.now(UTC),
+                Output(),
+                Output(f"minitemporal worker error: {exc}"),
             )
         finally:
             self._running -= 1
             self.metrics.slots_busy.set(self._running)
             self._slot_freed.set()
+            self._changed.set()
         held.finished = True
         self.metrics.spawn_seconds.observe(result.spawn_seconds)
         self.metrics.tasks_run.labels(result.outcome.value).inc()
@@ -217,6 +223,7 @@ class Worker:
             except MinitemporalError as exc:
                 log.error("results refused, dropping them: %s", exc)
                 accepted = [False] * len(batch)
+            self._changed.set()
             for result, ok in zip(batch, accepted, strict=False):
                 self._held.pop(result.ref, None)
                 if not ok:
@@ -225,10 +232,19 @@ class Worker:
                         extra={"attempt": result.ref.attempt, "ref": result.ref.encode()},
                     )
 
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
     async def _flush_reports(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
-            while self._reports.pending or any(h.finished and h.report for h in self._held.values()):
-                await anyio.sleep(0.02)
+            await self._wait_until(
+                lambda: (
+                    not self._reports.pending
+                    and not any(h.finished and h.report for h in self._held.values())
+                )
+            )
 
     # --- leases
     async def _heartbeats(self) -> None:
@@ -278,8 +294,7 @@ class Worker:
                 self._running,
             )
         with anyio.move_on_after(self.config.drain_seconds):
-            while self._running:
-                await anyio.sleep(0.05)
+            await self._wait_until(lambda: self._running == 0)
         for h in self._held.values():
             if not h.finished:
                 log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
@@ -288,4 +303,3 @@ class Worker:
     def _fields(self, h: _Held) -> dict[str, object]:
         t = h.task
         return task_fields(t.job_id, t.node_id, t.ref.attempt, self.config.worker_id)
-

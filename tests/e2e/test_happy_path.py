@@ -159,9 +159,17 @@ def test_unknown_job_is_a_404_problem(system: System) -> None:
 def test_invalid_job_is_a_422_listing_every_problem(system: System) -> None:
     r = system.api.http.post(
         "/v1/jobs",
-        json={"job": {"name": "bad", "nodes": [
-            node("a", deps=["b"]), node("b", deps=["a"]), node("a"), node("c", deps=["zzz"]),
-        ]}},
+        json={
+            "job": {
+                "name": "bad",
+                "nodes": [
+                    node("a", deps=["b"]),
+                    node("b", deps=["a"]),
+                    node("a"),
+                    node("c", deps=["zzz"]),
+                ],
+            }
+        },
     )
     assert r.status_code == 422
     body = r.json()

@@ -52,7 +52,9 @@ class Api:
                 return job
             time.sleep(interval)
         states = {n["id"]: n["state"] for n in job.get("nodes", [])}
-        raise AssertionError(f"job {job_id} not done after {timeout}s: {job.get('status')} {states}")
+        raise AssertionError(
+            f"job {job_id} not done after {timeout}s: {job.get('status')} {states}"
+        )
 
 
 def node(
@@ -82,12 +84,33 @@ def example_job() -> dict[str, Any]:
     return {
         "name": "example-dag",
         "nodes": [
-            {"id": "extract", "name": "extract", "command": "echo extract", "retries": 2,
-             "timeout_seconds": 10, "idempotency_key": "extract-v1", "depends_on": []},
-            {"id": "transform", "name": "transform", "command": "echo transform", "retries": 2,
-             "timeout_seconds": 10, "idempotency_key": "transform-v1", "depends_on": ["extract"]},
-            {"id": "load", "name": "load", "command": "echo load", "retries": 2,
-             "timeout_seconds": 10, "idempotency_key": "load-v1", "depends_on": ["transform"]},
+            {
+                "id": "extract",
+                "name": "extract",
+                "command": "echo extract",
+                "retries": 2,
+                "timeout_seconds": 10,
+                "idempotency_key": "extract-v1",
+                "depends_on": [],
+            },
+            {
+                "id": "transform",
+                "name": "transform",
+                "command": "echo transform",
+                "retries": 2,
+                "timeout_seconds": 10,
+                "idempotency_key": "transform-v1",
+                "depends_on": ["extract"],
+            },
+            {
+                "id": "load",
+                "name": "load",
+                "command": "echo load",
+                "retries": 2,
+                "timeout_seconds": 10,
+                "idempotency_key": "load-v1",
+                "depends_on": ["transform"],
+            },
         ],
     }
 

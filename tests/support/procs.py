@@ -51,7 +51,10 @@ class Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.popen = subprocess.Popen(
             [*minitemporal_command(), "--roles", self.roles],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=self.log_path.parent,
         )
         return self
@@ -145,8 +148,15 @@ class Cluster:
             env["MINITEMPORAL_REDIS_URL"] = self.redis_url
         return env
 
-    def add(self, name: str, roles: str, *, grpc_port: int | None = None,
-            scheduler_port: int | None = None, env: dict[str, str] | None = None) -> Proc:
+    def add(
+        self,
+        name: str,
+        roles: str,
+        *,
+        grpc_port: int | None = None,
+        scheduler_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         http_port = free_port()
         e = self.base_env()
         if "api" in roles or roles == "all":

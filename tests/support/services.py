@@ -56,7 +56,7 @@ def docker_available() -> bool:
         client = docker.from_env(timeout=3)
         client.ping()
         return True
-    except Exception:  # noqa: BLE001 - no daemon, no socket, no package: all mean "no"
+    except Exception:
         return False
 
 
@@ -100,9 +100,20 @@ class LocalPostgres:
         if prefix:
             shutil.chown(self.root, "postgres")
         subprocess.run(
-            [*prefix, initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust",
-             "--no-sync", "-E", "UTF8"],
-            check=True, capture_output=True,
+            [
+                *prefix,
+                initdb,
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
         )
 
     def start(self) -> None:
@@ -110,11 +121,29 @@ class LocalPostgres:
         assert postgres is not None
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [*_as_postgres_user(), postgres, "-D", str(self.data), "-p", str(self.port),
-             "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
-             "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                *_as_postgres_user(),
+                postgres,
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self.root),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready()
 
@@ -171,9 +200,22 @@ class LocalRedis:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "redis.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                server,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_port("127.0.0.1", self.port)
 

@@ -224,7 +224,9 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def _node_counts(self, conn: Conn, jobs: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+    async def _node_counts(
+        self, conn: Conn, jobs: list[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, int]]:
         counts: dict[uuid.UUID, dict[str, int]] = {}
         for r in await self._all(conn, "job_node_counts", {"jobs": jobs}):
             counts.setdefault(r["job_id"], {})[r["state"]] = r["n"]
@@ -250,7 +252,9 @@ class PostgresStore(Store):
             )
         ahead: dict[int, int] = {}
         if any(r["state"] == "queued" for r in rows):
-            ahead = {r["id"]: r["ahead"] for r in await self._all(conn, "queue_positions", {"job": job})}
+            ahead = {
+                r["id"]: r["ahead"] for r in await self._all(conn, "queue_positions", {"job": job})
+            }
         states = {r["node_id"]: NodeState(r["state"]) for r in rows}
         views = []
         for r in rows:
@@ -493,9 +497,7 @@ class PostgresStore(Store):
         self, conn: Conn, row: dict[str, Any], finished: list[FinishedJob]
     ) -> None:
         status = job_status_when_done(cancelled=row["cancelled"], failed_nodes=row["failed"])
-        done = await self._one(
-            conn, "finish_job", {"job": row["job_id"], "status": status.value}
-        )
+        done = await self._one(conn, "finish_job", {"job": row["job_id"], "status": status.value})
         if done is not None:
             finished.append(FinishedJob(str(row["job_id"]), status, done["duration"]))
 
@@ -507,9 +509,7 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def expire_leases(
-        self, limit: int = 1000
-    ) -> tuple[list[TaskRef], list[FinishedJob]]:
+    async def expire_leases(self, limit: int = 1000) -> tuple[list[TaskRef], list[FinishedJob]]:
         async def body(conn: Conn) -> tuple[list[TaskRef], list[FinishedJob]]:
             rows = await self._all(conn, "lock_expired", {"limit": limit})
             lost: list[TaskRef] = []
@@ -541,9 +541,7 @@ class PostgresStore(Store):
         self, *, min_age_seconds: float = 0.0, limit: int = 100_000
     ) -> list[tuple[TaskRef, datetime]]:
         async def body(conn: Conn) -> list[tuple[TaskRef, datetime]]:
-            rows = await self._all(
-                conn, "queued_tasks", {"age": min_age_seconds, "limit": limit}
-            )
+            rows = await self._all(conn, "queued_tasks", {"age": min_age_seconds, "limit": limit})
             return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
 
         return await self._tx(body)
@@ -597,4 +595,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, job_id = json.loads(raw)
         return datetime.fromisoformat(created), uuid.UUID(job_id)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput("invalid cursor", [Problem("/cursor", "not a cursor we issued")]) from exc
+        raise InvalidInput(
+            "invalid cursor", [Problem("/cursor", "not a cursor we issued")]
+        ) from exc

@@ -1,0 +1,250 @@
+"""The PostgreSQL store against a real server: fencing, readiness, failures, sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from minitemporal.domain.model import (
+    Beat,
+    JobSpec,
+    NodeSpec,
+    NodeState,
+    Outcome,
+    Output,
+    RetryPolicy,
+    TaskRef,
+    TaskResult,
+)
+from minitemporal.errors import Conflict, NotFound
+from minitemporal.store.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(base_seconds=0.0, factor=1.0, max_seconds=0.0, jitter=0.0)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(database_url, retry_policy=FAST, pool_size=4)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def spec(*nodes: NodeSpec, name: str = "j") -> JobSpec:
+    return JobSpec(name=name, nodes=nodes)
+
+
+def result(ref: TaskRef, outcome: Outcome = Outcome.SUCCEEDED, code: int | None = 0) -> TaskResult:
+    now = datetime.now(UTC)
+    return TaskResult(ref, outcome, code, now, now, Output("out\n", 4), Output())
+
+
+async def states(store: PostgresStore, job_id: str) -> dict[str, NodeState]:
+    job = await store.get_job(job_id)
+    return {n.id: n.state for n in job.nodes}
+
+
+async def test_submit_queues_roots_only(store: PostgresStore) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "true"),
+            NodeSpec("c", "true", depends_on=("a", "b")),
+        )
+    )
+    assert res.created and len(res.queued) == 2
+    assert all(r.attempt == 1 for r in res.queued)
+    assert await states(store, res.job_id) == {
+        "a": NodeState.QUEUED,
+        "b": NodeState.QUEUED,
+        "c": NodeState.PENDING,
+    }
+
+
+async def test_two_workers_claim_one_message_exactly_one_wins(database_url: str) -> None:
+    stores = [PostgresStore(database_url, retry_policy=FAST, pool_size=2) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        res = await stores[0].submit_job(spec(NodeSpec("a", "echo hi")))
+        ref = res.queued[0]
+        for _ in range(20):  # many rounds: a race loses only sometimes
+            won = await asyncio.gather(
+                stores[0].claim("w1", [ref], 30), stores[1].claim("w2", [ref], 30)
+            )
+            assert sum(len(w) for w in won) <= 1
+        claims = [c for c in (await stores[0].claim("w3", [ref], 30)) if c]
+        assert claims == []
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("SELECT count(*) FROM attempts")
+            assert (await cur.fetchone()) == (1,)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_claim_returns_the_command_and_rejects_stale_attempts(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "echo secret-command", timeout_seconds=5)))
+    ref = res.queued[0]
+    assert await store.claim("w", [TaskRef(ref.node, ref.attempt + 1)], 30) == []
+    [task] = await store.claim("w", [ref], 30)
+    assert task.command == "echo secret-command" and task.timeout_seconds == 5
+    assert task.node_id == "a" and task.job_id == res.job_id
+
+
+async def test_success_queues_children_in_the_same_transaction(store: PostgresStore) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true", depends_on=("a",)),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    [a] = await store.claim("w", res.queued, 30)
+    done = await store.complete("w", [result(a.ref)])
+    assert done.accepted == (True,)
+    assert len(done.queued) == 2
+    b_c = await store.claim("w", done.queued, 30)
+    first = await store.complete("w", [result(b_c[0].ref)])
+    assert first.queued == (), "the join waits for its second parent"
+    second = await store.complete("w", [result(b_c[1].ref)])
+    assert len(second.queued) == 1
+    [d] = await store.claim("w", second.queued, 30)
+    assert d.node_id == "d"
+    final = await store.complete("w", [result(d.ref)])
+    assert [(f.job_id, f.status.value) for f in final.finished_jobs] == [(res.job_id, "succeeded")]
+    job = await store.get_job(res.job_id)
+    assert job.status.value == "succeeded" and job.finished_at is not None
+
+
+async def test_stale_or_foreign_results_change_nothing(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true")))
+    [a] = await store.claim("w1", res.queued, 30)
+    assert (await store.complete("w2", [result(a.ref)])).accepted == (False,), "not w2's attempt"
+    stale = TaskRef(a.ref.node, a.ref.attempt + 5)
+    assert (await store.complete("w1", [result(stale)])).accepted == (False,)
+    assert await states(store, res.job_id) == {"a": NodeState.RUNNING}
+    assert (await store.complete("w1", [result(a.ref)])).accepted == (True,)
+    assert (await store.complete("w1", [result(a.ref)])).accepted == (False,), "only once"
+
+
+async def test_failure_without_retries_fails_everything_downstream(store: PostgresStore) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "false"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true", depends_on=("b",)),
+            NodeSpec("x", "true"),
+        )
+    )
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued, 30)}
+    out = await store.complete("w", [result(claimed["a"].ref, Outcome.EXIT_CODE, 1)])
+    assert out.accepted == (True,) and out.queued == () and out.finished_jobs == ()
+    assert await states(store, res.job_id) == {
+        "a": NodeState.FAILED,
+        "b": NodeState.UPSTREAM_FAILED,
+        "c": NodeState.UPSTREAM_FAILED,
+        "x": NodeState.RUNNING,
+    }
+    final = await store.complete("w", [result(claimed["x"].ref)])
+    assert [f.status.value for f in final.finished_jobs] == ["failed"]
+
+
+async def test_retry_then_requeue_with_the_next_attempt(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "false", retries=1)))
+    [a] = await store.claim("w", res.queued, 30)
+    await store.complete("w", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    assert await states(store, res.job_id) == {"a": NodeState.RETRY_WAIT}
+    requeued = await store.requeue_due_retries()
+    assert requeued == [TaskRef(a.ref.node, 2)]
+    assert await store.claim("w", [a.ref], 30) == [], "the old attempt is fenced off"
+    [again] = await store.claim("w", requeued, 30)
+    await store.complete("w", [result(again.ref, Outcome.EXIT_CODE, 1)])
+    job = await store.get_job(res.job_id)
+    assert job.status.value == "failed"
+    assert [a.reason for a in job.nodes[0].attempts] == ["exit_code", "exit_code"]
+
+
+async def test_expired_lease_is_lost_then_retried(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 5", retries=1)))
+    [a] = await store.claim("w", res.queued, 0.6)
+    assert (await store.heartbeat("w", [Beat(a.ref)], 0.6)).lost == ()
+    await asyncio.sleep(0.7)
+    lost, _ = await store.expire_leases()
+    assert lost == [a.ref]
+    hb = await store.heartbeat("w", [Beat(a.ref)], 30)
+    assert hb.lost == (a.ref,), "the worker is told to stop it"
+    assert (await store.complete("w", [result(a.ref)])).accepted == (False,)
+    assert await store.requeue_due_retries() == [TaskRef(a.ref.node, 2)]
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].reason == "lost"
+
+
+async def test_cancel(store: PostgresStore) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "sleep 9"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true"),
+        )
+    )
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued[:1], 30)}
+    view, withdrawn = await store.cancel_job(res.job_id)
+    assert view.status.value == "running" and view.cancel_requested
+    assert len(withdrawn) == 1, "c was queued"
+    hb = await store.heartbeat("w", [Beat(claimed["a"].ref)], 30)
+    assert hb.cancel == (claimed["a"].ref,)
+    out = await store.complete("w", [result(claimed["a"].ref, Outcome.CANCELLED, -15)])
+    assert [f.status.value for f in out.finished_jobs] == ["cancelled"]
+    assert await states(store, res.job_id) == {
+        "a": NodeState.CANCELLED,
+        "b": NodeState.CANCELLED,
+        "c": NodeState.CANCELLED,
+    }
+    with pytest.raises(Conflict):
+        await store.cancel_job(res.job_id)
+    with pytest.raises(NotFound):
+        await store.cancel_job("00000000-0000-0000-0000-000000000000")
+
+
+async def test_idempotency_key_on_submission(store: PostgresStore) -> None:
+    first = await store.submit_job(
+        spec(NodeSpec("a", "true")), idempotency_key="k", request_digest="d1"
+    )
+    again = await store.submit_job(
+        spec(NodeSpec("a", "true")), idempotency_key="k", request_digest="d1"
+    )
+    assert again.job_id == first.job_id and not again.created and again.queued == ()
+    with pytest.raises(Conflict):
+        await store.submit_job(
+            spec(NodeSpec("a", "false")), idempotency_key="k", request_digest="d2"
+        )
+
+
+async def test_queued_tasks_and_nul_output(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    queued = await store.queued_tasks()
+    assert [ref for ref, _ in queued] == list(res.queued)
+    assert await store.queued_tasks(min_age_seconds=3600) == []
+    [a, _b] = await store.claim("w", res.queued, 30)
+    now = datetime.now(UTC)
+    out = await store.complete(
+        "w", [TaskResult(a.ref, Outcome.SUCCEEDED, 0, now, now, Output("a\x00b", 3))]
+    )
+    assert out.accepted == (True,)
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].stdout.tail == "a\ufffdb"
+
+
+async def test_schema_applies_twice_concurrently(database_url: str) -> None:
+    stores = [PostgresStore(database_url, retry_policy=FAST, pool_size=1) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.migrate() for s in stores))
+    for s in stores:
+        await s.close()

@@ -1,0 +1,101 @@
+"""Running commands: process groups, timeouts that kill, bounded output (real processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from minitemporal.domain.model import Outcome
+from minitemporal.worker.process import Execution, RunSpec
+
+pytestmark = pytest.mark.anyio
+
+
+def spec(command: str, tmp_path: Path, timeout: float | None = 10, grace: float = 0.5) -> RunSpec:
+    return RunSpec(
+        command=command,
+        env={"PATH": os.environ["PATH"], "FOO": "bar"},
+        cwd=str(tmp_path),
+        timeout=timeout,
+        kill_grace=grace,
+        tail_bytes=1024,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_exit_codes_output_env_and_cwd(tmp_path: Path) -> None:
+    ok = await Execution(spec('echo "$FOO"; pwd; echo err >&2', tmp_path)).run()
+    assert ok.outcome is Outcome.SUCCEEDED and ok.exit_code == 0
+    assert ok.stdout.tail == f"bar\n{tmp_path}\n" and ok.stderr.tail == "err\n"
+    assert ok.started_at is not None and ok.started_at <= ok.finished_at
+    bad = await Execution(spec("exit 7", tmp_path)).run()
+    assert bad.outcome is Outcome.EXIT_CODE and bad.exit_code == 7
+
+
+async def test_timeout_kills_the_whole_group_even_if_sigterm_is_trapped(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    command = (
+        f"trap '' TERM; (trap '' TERM; sleep 60) & echo $! >> {pids}; "
+        f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    )
+    start = time.monotonic()
+    res = await Execution(spec(command, tmp_path, timeout=0.5, grace=0.3)).run()
+    assert res.outcome is Outcome.TIMEOUT
+    assert time.monotonic() - start < 5
+    for pid in map(int, pids.read_text().split()):
+        assert not alive(pid), f"{pid} survived the timeout"
+
+
+async def test_background_stragglers_are_ended_after_a_normal_exit(tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg"
+    res = await Execution(spec(f"sleep 60 & echo $! > {pidfile}; echo done", tmp_path)).run()
+    assert res.outcome is Outcome.SUCCEEDED and res.stdout.tail == "done\n"
+    assert not alive(int(pidfile.read_text()))
+
+
+async def test_stop_cancels_a_running_command(tmp_path: Path) -> None:
+    execution = Execution(spec("sleep 30", tmp_path))
+    async with anyio.create_task_group() as tg:
+        results = []
+
+        async def run() -> None:
+            results.append(await execution.run())
+
+        tg.start_soon(run)
+        await anyio.sleep(0.3)
+        execution.stop(Outcome.CANCELLED)
+    assert results[0].outcome is Outcome.CANCELLED
+
+
+async def test_huge_output_is_truncated_with_flat_memory(tmp_path: Path) -> None:
+    res = await Execution(
+        spec("head -c 50000000 /dev/zero | tr '\\0' 'y'", tmp_path, timeout=60)
+    ).run()
+    assert res.outcome is Outcome.SUCCEEDED
+    assert res.stdout.total_bytes == 50_000_000
+    assert res.stdout.truncated and res.stdout.tail.endswith("y" * 100)
+    assert len(res.stdout.tail) < 1100
+
+
+async def test_unstartable_command(tmp_path: Path) -> None:
+    bad = spec("true", tmp_path)
+    object.__setattr__(bad, "cwd", str(tmp_path / "missing"))
+    res = await Execution(bad).run()
+    assert res.outcome is Outcome.EXIT_CODE and res.exit_code == 127
+    assert "could not start" in res.stderr.tail
