@@ -48,18 +48,29 @@ CREATE TABLE IF NOT EXISTS nodes (
     state            text NOT NULL CHECK (state IN ('pending', 'queued', 'running', 'retry_wait',
                      'succeeded', 'failed', 'upstream_failed', 'cancelled')),
     -- The current attempt number: the fencing token every claim, heartbeat and report must
-    -- carry. 0 until the node is first queued.
-    attempt          integer NOT NULL DEFAULT 0 CHECK (attempt >= 0 AND attempt <= retries + 1),
+    -- carry. 0 until the node is first queued. Attempts a worker gave back on shutdown
+    -- (`givebacks`) do not count against `retries`.
+    attempt          integer NOT NULL DEFAULT 0,
+    givebacks        integer NOT NULL DEFAULT 0 CHECK (givebacks >= 0),
     deps_pending     integer NOT NULL CHECK (deps_pending >= 0),
+    -- Ready, but another node with the same idempotency key is in flight: wait for its result.
+    key_wait         boolean NOT NULL DEFAULT false,
     enqueued_at      timestamptz,
     next_attempt_at  timestamptz,
     worker_id        text,
     lease_until      timestamptz,
+    -- When a running attempt is overdue even if its worker still heartbeats: the scheduler's
+    -- backstop for timeout_seconds.
+    deadline_at      timestamptz,
     finished_at      timestamptz,
-    cached           boolean NOT NULL DEFAULT false,   -- succeeded from an earlier run's result
+    -- Succeeded from the recorded result of another node with the same idempotency key.
+    cached_from      bigint REFERENCES nodes (id) ON DELETE SET NULL,
+    cached           boolean NOT NULL DEFAULT false,
     UNIQUE (job_id, node_id),
     UNIQUE (job_id, position),
+    CHECK (attempt >= 0 AND attempt <= retries + 1 + givebacks),
     CHECK (state <> 'queued' OR (attempt >= 1 AND enqueued_at IS NOT NULL AND deps_pending = 0)),
+    CHECK (NOT key_wait OR (state = 'pending' AND deps_pending = 0 AND idempotency_key IS NOT NULL)),
     CHECK (state <> 'running' OR (worker_id IS NOT NULL AND lease_until IS NOT NULL)),
     CHECK (state <> 'retry_wait' OR next_attempt_at IS NOT NULL),
     CHECK ((state IN ('succeeded', 'failed', 'upstream_failed', 'cancelled'))
@@ -68,6 +79,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE INDEX IF NOT EXISTS nodes_queued_idx ON nodes (enqueued_at, id) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS nodes_retry_idx ON nodes (next_attempt_at) WHERE state = 'retry_wait';
 CREATE INDEX IF NOT EXISTS nodes_lease_idx ON nodes (lease_until) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS nodes_deadline_idx ON nodes (deadline_at) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS nodes_idem_idx ON nodes (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
@@ -90,7 +102,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     started_at   timestamptz,            -- the worker's child process was spawned
     finished_at  timestamptz,            -- the child exited (or the attempt was given up)
     exit_code    integer,
-    reason       text CHECK (reason IN ('succeeded', 'exit_code', 'timeout', 'lost', 'cancelled')),
+    reason       text CHECK (reason IN ('succeeded', 'exit_code', 'timeout', 'lost', 'cancelled',
+                                        'interrupted')),
     stdout_tail  text NOT NULL DEFAULT '',
     stdout_bytes bigint NOT NULL DEFAULT 0,
     stderr_tail  text NOT NULL DEFAULT '',

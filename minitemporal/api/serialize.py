@@ -32,7 +32,7 @@ def attempt(a: AttemptView) -> dict[str, Any]:
 
 
 def node(n: NodeView) -> dict[str, Any]:
-    last = n.attempts[-1] if n.attempts else None
+    last = n.attempts[-1] if n.attempts else n.cached_result
     return {
         "id": n.id,
         "name": n.name,
@@ -54,6 +54,7 @@ def node(n: NodeView) -> dict[str, Any]:
         "stdout": output(last.stdout) if last else None,
         "stderr": output(last.stderr) if last else None,
         "attempts": [attempt(a) for a in n.attempts],
+        "cached_result": attempt(n.cached_result) if n.cached_result else None,
     }
 
 

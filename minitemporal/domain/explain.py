@@ -23,6 +23,8 @@ class NodeFacts:
     last_attempt: AttemptView | None = None
     cached: bool = False
     cancel_requested: bool = False
+    key_wait: bool = False
+    idempotency_key: str | None = None
 
 
 def _how(attempt: AttemptView | None) -> str:
@@ -38,6 +40,11 @@ def _how(attempt: AttemptView | None) -> str:
 
 
 def explain(f: NodeFacts) -> str:
+    if f.state is S.PENDING and f.key_wait:
+        return (
+            f"waiting for another node with idempotency key {f.idempotency_key!r} to finish; "
+            "if it succeeds, its result is reused"
+        )
     if f.state is S.PENDING:
         waiting = [d for d, s in f.dependency_states.items() if s is not S.SUCCEEDED]
         return "waiting for " + ", ".join(waiting) if waiting else "about to be queued"

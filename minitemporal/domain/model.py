@@ -40,8 +40,9 @@ class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     EXIT_CODE = "exit_code"  # the command exited non-zero (or could not be spawned)
     TIMEOUT = "timeout"  # timeout_seconds elapsed; the worker killed the process group
-    LOST = "lost"  # lease expired, or the worker gave the attempt back
+    LOST = "lost"  # the lease expired (worker dead, stuck or cut off): counts as a failure
     CANCELLED = "cancelled"  # the job was cancelled while the attempt ran
+    INTERRUPTED = "interrupted"  # the worker shut down and gave it back: retried, not counted
 
     @property
     def failed(self) -> bool:
@@ -175,6 +176,8 @@ class NodeView:
     cached: bool
     attempts: tuple[AttemptView, ...]
     explanation: str = ""
+    # For a cached node: the attempt (of another node with the same key) whose result it reuses.
+    cached_result: AttemptView | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,7 @@ class SubmitResult:
     job_id: str
     created: bool  # False when an Idempotency-Key matched an existing job
     queued: tuple[TaskRef, ...] = ()
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +225,22 @@ class CompleteResult:
     @property
     def accepted(self) -> tuple[bool, ...]:
         return tuple(e is not None for e in self.enqueued_at)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    lost: tuple[TaskRef, ...] = ()  # attempts whose lease expired
+    timed_out: tuple[TaskRef, ...] = ()  # attempts past their deadline that nobody reported
+    queued: tuple[TaskRef, ...] = ()  # attempts made ready as a consequence
+    finished_jobs: tuple[FinishedJob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    job: JobView
+    withdrawn: tuple[TaskRef, ...] = ()  # queued attempts that will not run: drop from queue
+    queued: tuple[TaskRef, ...] = ()  # attempts of other jobs made ready (idempotency keys)
+    finished_jobs: tuple[FinishedJob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,19 +152,40 @@ def job_to_pb(job: JobView) -> pb.Job:
             node.exit_code = n.exit_code
         for field in ("enqueued_at", "started_at", "finished_at", "next_attempt_at"):
             _set_ts(node, field, getattr(n, field))
-        for a in n.attempts:
-            att = node.attempts.add(
-                attempt=a.attempt, stdout=_output_to_pb(a.stdout), stderr=_output_to_pb(a.stderr)
-            )
-            if a.worker_id is not None:
-                att.worker_id = a.worker_id
-            if a.exit_code is not None:
-                att.exit_code = a.exit_code
-            if a.reason is not None:
-                att.reason = a.reason
-            for field in ("enqueued_at", "claimed_at", "started_at", "finished_at"):
-                _set_ts(att, field, getattr(a, field))
+        node.attempts.extend(_attempt_to_pb(a) for a in n.attempts)
+        if n.cached_result is not None:
+            node.cached_result.CopyFrom(_attempt_to_pb(n.cached_result))
     return msg
+
+
+def _attempt_to_pb(a: AttemptView) -> pb.Attempt:
+    att = pb.Attempt(
+        attempt=a.attempt, stdout=_output_to_pb(a.stdout), stderr=_output_to_pb(a.stderr)
+    )
+    if a.worker_id is not None:
+        att.worker_id = a.worker_id
+    if a.exit_code is not None:
+        att.exit_code = a.exit_code
+    if a.reason is not None:
+        att.reason = a.reason
+    for field in ("enqueued_at", "claimed_at", "started_at", "finished_at"):
+        _set_ts(att, field, getattr(a, field))
+    return att
+
+
+def _attempt_from_pb(a: pb.Attempt) -> AttemptView:
+    return AttemptView(
+        attempt=a.attempt,
+        worker_id=a.worker_id if a.HasField("worker_id") else None,
+        enqueued_at=from_ts(a, "enqueued_at"),
+        claimed_at=from_ts(a, "claimed_at"),
+        started_at=from_ts(a, "started_at"),
+        finished_at=from_ts(a, "finished_at"),
+        exit_code=a.exit_code if a.HasField("exit_code") else None,
+        reason=a.reason if a.HasField("reason") else None,
+        stdout=_output_from_pb(a.stdout),
+        stderr=_output_from_pb(a.stderr),
+    )
 
 
 def job_from_pb(m: pb.Job) -> JobView:
@@ -187,20 +208,9 @@ def job_from_pb(m: pb.Job) -> JobView:
             exit_code=n.exit_code if n.HasField("exit_code") else None,
             cached=n.cached,
             explanation=n.explanation,
-            attempts=tuple(
-                AttemptView(
-                    attempt=a.attempt,
-                    worker_id=a.worker_id if a.HasField("worker_id") else None,
-                    enqueued_at=from_ts(a, "enqueued_at"),
-                    claimed_at=from_ts(a, "claimed_at"),
-                    started_at=from_ts(a, "started_at"),
-                    finished_at=from_ts(a, "finished_at"),
-                    exit_code=a.exit_code if a.HasField("exit_code") else None,
-                    reason=a.reason if a.HasField("reason") else None,
-                    stdout=_output_from_pb(a.stdout),
-                    stderr=_output_from_pb(a.stderr),
-                )
-                for a in n.attempts
+            attempts=tuple(_attempt_from_pb(a) for a in n.attempts),
+            cached_result=(
+                _attempt_from_pb(n.cached_result) if n.HasField("cached_result") else None
             ),
         )
         for n in m.nodes

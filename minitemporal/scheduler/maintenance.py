@@ -70,15 +70,17 @@ class Maintenance:
                 return
 
     async def expire_leases(self) -> None:
-        lost, finished = await self.service.store.expire_leases(limit=1000)
-        if lost:
-            m = self.service.metrics
-            m.rescued.labels("lost_attempt").inc(len(lost))
-            m.failures.labels("lost").inc(len(lost))
+        swept = await self.service.store.expire_leases(limit=1000)
+        given_up = swept.lost + swept.timed_out
+        if given_up:
+            self.service.metrics.rescued.labels("lost_attempt").inc(len(given_up))
             log.warning(
-                "attempts lost (lease expired): %s", ", ".join(r.encode() for r in lost[:20])
+                "attempts given up (%d lease expired, %d overdue): %s",
+                len(swept.lost),
+                len(swept.timed_out),
+                ", ".join(r.encode() for r in given_up[:20]),
             )
-            self.service.record_finished(finished)
+        await self.service.record_lost(swept)
 
     async def check_queue(self) -> None:
         lost = await self.service.queue.claim_epoch()

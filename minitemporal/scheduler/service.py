@@ -24,6 +24,7 @@ from minitemporal.domain.model import (
     JobView,
     NodeState,
     Outcome,
+    SweepResult,
     TaskRef,
     TaskResult,
 )
@@ -81,7 +82,7 @@ class SchedulerService:
             id=result.job_id,
             name=spec.name,
             status=JobStatus.RUNNING,
-            created_at=datetime.now(UTC),
+            created_at=result.created_at or datetime.now(UTC),
             finished_at=None,
             nodes_total=len(spec.nodes),
             node_counts=_initial_counts(spec, len(result.queued)),
@@ -106,14 +107,16 @@ class SchedulerService:
         return await self.store.list_jobs(limit=limit, cursor=cursor, status=wanted)
 
     async def cancel_job(self, job_id: str) -> JobView:
-        view, withdrawn = await self.store.cancel_job(job_id)
+        result = await self.store.cancel_job(job_id)
         # A stale queue entry is harmless (dropped at claim: the node is no longer queued).
         with contextlib.suppress(Unavailable):
-            await self.queue.remove(withdrawn)
-        log.info("job cancel requested", extra={"job_id": job_id, "withdrawn": len(withdrawn)})
-        if view.status is not JobStatus.RUNNING:
-            self._job_finished(view.status, view.created_at)
-        return view
+            await self.queue.remove(result.withdrawn)
+        await self.push(result.queued)
+        self.record_finished(result.finished_jobs)
+        log.info(
+            "job cancel requested", extra={"job_id": job_id, "withdrawn": len(result.withdrawn)}
+        )
+        return result.job
 
     # --- attempts
     async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
@@ -147,6 +150,16 @@ class SchedulerService:
         self.record_finished(outcome.finished_jobs)
         return list(outcome.accepted)
 
+    async def record_lost(self, swept: SweepResult) -> None:
+        """Count what the lease sweep gave up on and push what it made ready."""
+        m = self.metrics
+        if swept.lost:
+            m.failures.labels(Outcome.LOST.value).inc(len(swept.lost))
+        if swept.timed_out:
+            m.failures.labels(Outcome.TIMEOUT.value).inc(len(swept.timed_out))
+        await self.push(swept.queued)
+        self.record_finished(swept.finished_jobs)
+
     def record_finished(self, jobs: Sequence[FinishedJob]) -> None:
         for job in jobs:
             self.metrics.jobs_finished.labels(job.status.value).inc()
@@ -159,10 +172,6 @@ class SchedulerService:
                     "seconds": round(job.duration_seconds, 3),
                 },
             )
-
-    def _job_finished(self, status: JobStatus, created_at: datetime) -> None:
-        duration = (datetime.now(UTC) - created_at).total_seconds()
-        self.record_finished([FinishedJob("", status, max(duration, 0.0))])
 
 
 def _revalidate(spec: JobSpec, limits: Limits) -> JobSpec:

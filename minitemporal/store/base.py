@@ -14,15 +14,16 @@ from datetime import datetime
 
 from minitemporal.domain.model import (
     Beat,
+    CancelResult,
     ClaimedTask,
     CompleteResult,
-    FinishedJob,
     HeartbeatResult,
     JobPage,
     JobSpec,
     JobStatus,
     JobView,
     SubmitResult,
+    SweepResult,
     TaskRef,
     TaskResult,
 )
@@ -68,11 +69,10 @@ class Store(abc.ABC):
         """Newest first; `cursor` is opaque, from a previous page."""
 
     @abc.abstractmethod
-    async def cancel_job(self, job_id: str) -> tuple[JobView, tuple[TaskRef, ...]]:
+    async def cancel_job(self, job_id: str) -> CancelResult:
         """Cancel waiting nodes now; running attempts are cancelled through heartbeats.
 
-        Returns the job and the queued attempts withdrawn (to remove from the queue).
-        `Conflict` if the job already finished.
+        Idempotent while the job runs; `Conflict` once it finished, `NotFound` if none.
         """
 
     # --- attempts
@@ -105,11 +105,9 @@ class Store(abc.ABC):
         """retry_wait -> queued (next attempt number) for nodes whose backoff has passed."""
 
     @abc.abstractmethod
-    async def expire_leases(self, limit: int = 1000) -> tuple[list[TaskRef], list[FinishedJob]]:
-        """Attempts whose lease ran out are lost: retry or fail them.
-
-        Returns the attempts lost and the jobs that finished because of it.
-        """
+    async def expire_leases(self, limit: int = 1000) -> SweepResult:
+        """Running attempts whose lease ran out are lost, and those past their deadline
+        (timeout plus one lease) timed out: retry or fail them."""
 
     @abc.abstractmethod
     async def queued_tasks(

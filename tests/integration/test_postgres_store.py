@@ -176,8 +176,8 @@ async def test_expired_lease_is_lost_then_retried(store: PostgresStore) -> None:
     [a] = await store.claim("w", res.queued, 0.6)
     assert (await store.heartbeat("w", [Beat(a.ref)], 0.6)).lost == ()
     await asyncio.sleep(0.7)
-    lost, _ = await store.expire_leases()
-    assert lost == [a.ref]
+    swept = await store.expire_leases()
+    assert swept.lost == (a.ref,) and swept.timed_out == ()
     hb = await store.heartbeat("w", [Beat(a.ref)], 30)
     assert hb.lost == (a.ref,), "the worker is told to stop it"
     assert (await store.complete("w", [result(a.ref)])).accepted == (False,)
@@ -195,9 +195,9 @@ async def test_cancel(store: PostgresStore) -> None:
         )
     )
     claimed = {t.node_id: t for t in await store.claim("w", res.queued[:1], 30)}
-    view, withdrawn = await store.cancel_job(res.job_id)
-    assert view.status.value == "running" and view.cancel_requested
-    assert len(withdrawn) == 1, "c was queued"
+    cancelled = await store.cancel_job(res.job_id)
+    assert cancelled.job.status.value == "running" and cancelled.job.cancel_requested
+    assert len(cancelled.withdrawn) == 1, "c was queued"
     hb = await store.heartbeat("w", [Beat(claimed["a"].ref)], 30)
     assert hb.cancel == (claimed["a"].ref,)
     out = await store.complete("w", [result(claimed["a"].ref, Outcome.CANCELLED, -15)])
@@ -248,3 +248,101 @@ async def test_schema_applies_twice_concurrently(database_url: str) -> None:
     await asyncio.gather(*(s.migrate() for s in stores))
     for s in stores:
         await s.close()
+
+
+async def test_overdue_attempt_times_out_even_while_heartbeating(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 60", timeout_seconds=0.3)))
+    [a] = await store.claim("w", res.queued, 0.4)  # deadline = timeout + one lease = 0.7 s
+    for _ in range(4):
+        await asyncio.sleep(0.25)
+        await store.heartbeat("w", [Beat(a.ref)], 0.4)  # keeps the lease, not the deadline
+    swept = await store.expire_leases()
+    assert swept.timed_out == (a.ref,) and swept.lost == ()
+    assert [f.status.value for f in swept.finished_jobs] == ["failed"]
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].reason == "timeout"
+
+
+async def test_given_back_attempts_do_not_use_up_retries(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true", retries=0)))
+    ref = res.queued[0]
+    for _ in range(3):  # three workers shut down in a row, each giving the attempt back
+        [task] = await store.claim("w", [ref], 30)
+        out = await store.complete("w", [result(task.ref, Outcome.INTERRUPTED, None)])
+        assert out.accepted == (True,)
+        [ref] = await store.requeue_due_retries()
+    [task] = await store.claim("w", [ref], 30)
+    assert task.ref.attempt == 4
+    final = await store.complete("w", [result(task.ref)])
+    assert [f.status.value for f in final.finished_jobs] == ["succeeded"]
+    job = await store.get_job(res.job_id)
+    assert [a.reason for a in job.nodes[0].attempts] == ["interrupted"] * 3 + ["succeeded"]
+
+
+async def run_all(store: PostgresStore, refs: tuple[TaskRef, ...] | list[TaskRef]) -> list[str]:
+    """Claim and succeed everything that becomes ready; return node ids in run order."""
+    ran: list[str] = []
+    todo = list(refs)
+    while todo:
+        tasks = await store.claim("w", todo, 30)
+        todo = []
+        for t in tasks:
+            ran.append(t.node_id)
+            todo.extend((await store.complete("w", [result(t.ref)])).queued)
+    return ran
+
+
+async def test_idempotency_key_reuses_a_result_across_jobs(store: PostgresStore) -> None:
+    first = await store.submit_job(
+        spec(
+            NodeSpec("a", "echo A", idempotency_key="k-a"),
+            NodeSpec("b", "echo B", depends_on=("a",), idempotency_key="k-b"),
+        )
+    )
+    assert await run_all(store, first.queued) == ["a", "b"]
+    again = await store.submit_job(
+        spec(
+            NodeSpec("x", "echo A", idempotency_key="k-a"),
+            NodeSpec("y", "echo new", depends_on=("x",)),
+            NodeSpec("z", "echo B", depends_on=("y",), idempotency_key="k-b"),
+        )
+    )
+    assert [await run_all(store, again.queued)] == [["y"]], "x and z come from the cache"
+    job = await store.get_job(again.job_id)
+    nodes = {n.id: n for n in job.nodes}
+    assert job.status.value == "succeeded"
+    assert nodes["x"].cached and nodes["z"].cached and not nodes["y"].cached
+    assert nodes["x"].attempts == (), "it did not run"
+    reused = nodes["x"].cached_result
+    assert reused is not None and reused.stdout.tail == "out\n", "the recorded result is shown"
+    assert nodes["x"].exit_code == 0
+    assert "idempotency key" in nodes["x"].explanation
+
+
+async def test_one_key_never_runs_twice_at_once(store: PostgresStore) -> None:
+    j1 = await store.submit_job(spec(NodeSpec("a", "false", idempotency_key="shared", retries=0)))
+    j2 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="shared")))
+    assert len(j1.queued) == 1 and j2.queued == (), "the second waits for the first"
+    waiting = (await store.get_job(j2.job_id)).nodes[0]
+    assert waiting.state is NodeState.PENDING and "idempotency key" in waiting.explanation
+    [t1] = await store.claim("w", j1.queued, 30)
+    out = await store.complete("w", [result(t1.ref, Outcome.EXIT_CODE, 1)])
+    assert len(out.queued) == 1, "the first failed: the second may run now"
+    assert await run_all(store, out.queued) == ["a"]
+    assert (await store.get_job(j2.job_id)).status.value == "succeeded"
+    j3 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="shared")))
+    assert j3.queued == () and (await store.get_job(j3.job_id)).nodes[0].cached
+
+
+async def test_a_waiter_is_completed_from_its_twins_success(store: PostgresStore) -> None:
+    j1 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="twin")))
+    j2 = await store.submit_job(
+        spec(
+            NodeSpec("a", "true", idempotency_key="twin"), NodeSpec("b", "true", depends_on=("a",))
+        )
+    )
+    [t1] = await store.claim("w", j1.queued, 30)
+    out = await store.complete("w", [result(t1.ref)])
+    assert len(out.queued) == 1, "j2.a is cached, so j2.b is ready"
+    assert await run_all(store, out.queued) == ["b"]
+    assert (await store.get_job(j2.job_id)).status.value == "succeeded"

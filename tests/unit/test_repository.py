@@ -43,7 +43,8 @@ def test_no_machine_paths_in_the_repository() -> None:
     ).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout")
-    needles = ("/work/", "/root/", "/home/")
+    # Paths of the machines we develop on (spelled in pieces so this file passes itself).
+    needles = ("/" + "work/", "/" + "root/", "/" + "opt/wheels")
     offenders = []
     for name in tracked:
         path = ROOT / name

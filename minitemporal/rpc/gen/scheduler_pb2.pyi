@@ -135,7 +135,7 @@ class Attempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., enqueued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., stdout: _Optional[_Union[Output, _Mapping]] = ..., stderr: _Optional[_Union[Output, _Mapping]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "name", "command", "state", "retries", "timeout_seconds", "idempotency_key", "depends_on", "attempt", "enqueued_at", "started_at", "finished_at", "next_attempt_at", "worker_id", "exit_code", "cached", "attempts", "explanation")
+    __slots__ = ("id", "name", "command", "state", "retries", "timeout_seconds", "idempotency_key", "depends_on", "attempt", "enqueued_at", "started_at", "finished_at", "next_attempt_at", "worker_id", "exit_code", "cached", "attempts", "explanation", "cached_result")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class Node(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_RESULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     command: str
@@ -172,7 +173,8 @@ class Node(_message.Message):
     cached: bool
     attempts: _containers.RepeatedCompositeFieldContainer[Attempt]
     explanation: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[str] = ..., state: _Optional[str] = ..., retries: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ..., enqueued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., cached: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., explanation: _Optional[str] = ...) -> None: ...
+    cached_result: Attempt
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., command: _Optional[str] = ..., state: _Optional[str] = ..., retries: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., attempt: _Optional[int] = ..., enqueued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., cached: _Optional[bool] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., explanation: _Optional[str] = ..., cached_result: _Optional[_Union[Attempt, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "name", "status", "created_at", "finished_at", "nodes_total", "node_counts", "nodes", "cancel_requested")

@@ -6,13 +6,14 @@
 INSERT INTO jobs (id, name, nodes_total, nodes_unfinished, idempotency_key, request_digest)
 VALUES (%(id)s, %(name)s, %(n)s, %(n)s, %(idempotency_key)s, %(digest)s)
 ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id;
+RETURNING id, created_at;
 
 -- name: job_by_idempotency_key
 SELECT id, request_digest FROM jobs WHERE idempotency_key = %(key)s;
 
 -- name: insert_nodes
--- Roots are queued (attempt 1) in the same statement that creates them.
+-- Roots are queued (attempt 1) in the same statement that creates them; roots with an
+-- idempotency key stay pending (deps_pending = 0) for admission by key.
 INSERT INTO nodes (job_id, node_id, position, name, command, retries, timeout_seconds,
                    idempotency_key, depends_on, env, backoff_base, backoff_factor, backoff_max,
                    deps_pending, state, attempt, enqueued_at)
@@ -20,15 +21,15 @@ SELECT %(job)s, n.id, n.position, n.name, n.command, n.retries, n.timeout_second
        n.idempotency_key, ARRAY(SELECT jsonb_array_elements_text(n.depends_on)), n.env,
        n.backoff_base, n.backoff_factor, n.backoff_max,
        jsonb_array_length(n.depends_on),
-       CASE WHEN jsonb_array_length(n.depends_on) = 0 THEN 'queued' ELSE 'pending' END,
-       CASE WHEN jsonb_array_length(n.depends_on) = 0 THEN 1 ELSE 0 END,
-       CASE WHEN jsonb_array_length(n.depends_on) = 0 THEN clock_timestamp() END
+       CASE WHEN n.queue THEN 'queued' ELSE 'pending' END,
+       CASE WHEN n.queue THEN 1 ELSE 0 END,
+       CASE WHEN n.queue THEN clock_timestamp() END
 FROM jsonb_to_recordset(%(nodes)s::jsonb) AS n(
     id text, position integer, name text, command text, retries integer,
     timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
     backoff_base double precision, backoff_factor double precision,
-    backoff_max double precision)
-RETURNING id, attempt, state, enqueued_at, idempotency_key;
+    backoff_max double precision, queue boolean)
+RETURNING id, attempt, state, deps_pending, idempotency_key;
 
 -- name: insert_edges
 INSERT INTO node_edges (parent_id, child_id)
@@ -43,7 +44,8 @@ WHERE c.job_id = %(job)s;
 WITH claimed AS (
     UPDATE nodes n
     SET state = 'running', worker_id = %(worker)s,
-        lease_until = clock_timestamp() + make_interval(secs => %(lease)s)
+        lease_until = clock_timestamp() + make_interval(secs => %(lease)s),
+        deadline_at = clock_timestamp() + make_interval(secs => n.timeout_seconds + %(lease)s)
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
     WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'queued'
     RETURNING n.id, n.attempt, n.job_id, n.node_id, n.command, n.timeout_seconds, n.env,
@@ -77,14 +79,15 @@ WITH held AS (
 SELECT h.id, h.attempt, j.cancel_requested_at IS NOT NULL AS cancel
 FROM held h JOIN jobs j ON j.id = h.job_id;
 
--- name: complete_succeeded
--- The hot path in one round trip: record the success, unblock children whose last pending
--- dependency this was, and count the node as finished on its job.
+-- name: succeed_running
+-- The hot path in one round trip: this head, then `unblock_children`. Records the success,
+-- unblocks children whose last pending dependency this was, counts the node on its job.
 WITH done AS (
     UPDATE nodes
-    SET state = 'succeeded', finished_at = %(finished_at)s, lease_until = NULL
+    SET state = 'succeeded', finished_at = %(finished_at)s, lease_until = NULL,
+        deadline_at = NULL
     WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running' AND worker_id = %(worker)s
-    RETURNING id, job_id
+    RETURNING id, job_id, idempotency_key
 ), recorded AS (
     UPDATE attempts
     SET started_at = COALESCE(started_at, %(started_at)s), finished_at = %(finished_at)s,
@@ -93,31 +96,89 @@ WITH done AS (
         stderr_tail = %(stderr_tail)s, stderr_bytes = %(stderr_bytes)s
     WHERE node_id = %(id)s AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM done)
     RETURNING enqueued_at
-), ready AS (
+),
+
+-- name: succeed_cached
+-- Head for a ready node whose idempotency key already succeeded elsewhere: it succeeds from
+-- that node's recorded result without running. Followed by `unblock_children`.
+WITH done AS (
+    UPDATE nodes
+    SET state = 'succeeded', cached = true, cached_from = %(source)s, key_wait = false,
+        finished_at = clock_timestamp()
+    WHERE id = %(id)s AND state = 'pending' AND deps_pending = 0
+    RETURNING id, job_id, idempotency_key
+), recorded AS (
+    SELECT NULL::timestamptz AS enqueued_at
+),
+
+-- name: unblock_children
+-- Shared tail of the two heads above (they define `done` and `recorded`). Children with an
+-- idempotency key become ready but stay pending: the store admits them by key.
+ready AS (
     UPDATE nodes c
     SET deps_pending = c.deps_pending - 1,
-        state = CASE WHEN c.deps_pending = 1 THEN 'queued' ELSE c.state END,
-        attempt = CASE WHEN c.deps_pending = 1 THEN 1 ELSE c.attempt END,
-        enqueued_at = CASE WHEN c.deps_pending = 1 THEN clock_timestamp() END
+        state = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
+                     THEN 'queued' ELSE c.state END,
+        attempt = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
+                       THEN 1 ELSE c.attempt END,
+        enqueued_at = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
+                           THEN clock_timestamp() END
     FROM node_edges e JOIN done ON e.parent_id = done.id
     WHERE c.id = e.child_id AND c.state = 'pending'
-    RETURNING c.id, c.attempt, c.state, c.enqueued_at
+    RETURNING c.id, c.attempt, c.state, c.deps_pending, c.idempotency_key
 ), job AS (
     UPDATE jobs j SET nodes_unfinished = j.nodes_unfinished - 1
     FROM done WHERE j.id = done.job_id
-    RETURNING j.id, j.nodes_unfinished, j.nodes_failed, j.cancel_requested_at IS NOT NULL AS cancelled
+    RETURNING j.id, j.nodes_unfinished, j.nodes_failed,
+              j.cancel_requested_at IS NOT NULL AS cancelled
 )
 SELECT (SELECT id FROM job) AS job_id,
+       (SELECT idempotency_key FROM done) AS key,
        (SELECT enqueued_at FROM recorded) AS enqueued_at,
        (SELECT nodes_unfinished FROM job) AS unfinished,
        (SELECT nodes_failed FROM job) AS failed,
        (SELECT cancelled FROM job) AS cancelled,
        ARRAY(SELECT id FROM ready WHERE state = 'queued' ORDER BY id) AS ready_ids,
-       ARRAY(SELECT attempt FROM ready WHERE state = 'queued' ORDER BY id) AS ready_attempts;
+       ARRAY(SELECT attempt FROM ready WHERE state = 'queued' ORDER BY id) AS ready_attempts,
+       ARRAY(SELECT id FROM ready WHERE deps_pending = 0 AND idempotency_key IS NOT NULL
+             ORDER BY id) AS keyed_ids;
+
+-- name: lock_key
+-- Serialises every decision about one idempotency key (released at commit).
+SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));
+
+-- name: keyed_node
+SELECT id, job_id, idempotency_key FROM nodes WHERE id = %(id)s AND state = 'pending';
+
+-- name: key_holders
+-- Other nodes with the key: one that succeeded by running (its result is reusable), and
+-- whether one is in flight (queued, running or backing off).
+SELECT
+    (SELECT COALESCE(cached_from, id) FROM nodes
+     WHERE idempotency_key = %(key)s AND id <> %(id)s AND state = 'succeeded'
+     ORDER BY finished_at LIMIT 1) AS succeeded,
+    EXISTS (SELECT 1 FROM nodes
+            WHERE idempotency_key = %(key)s AND id <> %(id)s
+              AND state IN ('queued', 'running', 'retry_wait')) AS in_flight;
+
+-- name: queue_keyed
+UPDATE nodes SET state = 'queued', attempt = 1, enqueued_at = clock_timestamp(), key_wait = false
+WHERE id = %(id)s AND state = 'pending' AND deps_pending = 0
+RETURNING id, attempt;
+
+-- name: wait_keyed
+UPDATE nodes SET key_wait = true WHERE id = %(id)s AND state = 'pending'
+RETURNING id;
+
+-- name: key_waiters
+SELECT id FROM nodes
+WHERE idempotency_key = %(key)s AND key_wait AND state = 'pending'
+ORDER BY id;
 
 -- name: lock_running
 -- The failure path: lock the attempt's node to decide in Python (domain.states) what follows.
-SELECT n.id, n.job_id, n.attempt, n.retries, n.backoff_base, n.backoff_factor, n.backoff_max,
+SELECT n.id, n.job_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+       n.backoff_base, n.backoff_factor, n.backoff_max,
        j.cancel_requested_at IS NOT NULL AS cancelled
 FROM nodes n JOIN jobs j ON j.id = n.job_id
 WHERE n.id = %(id)s AND n.attempt = %(attempt)s AND n.state = 'running'
@@ -136,14 +197,15 @@ RETURNING enqueued_at;
 
 -- name: node_to_retry_wait
 UPDATE nodes
-SET state = 'retry_wait', worker_id = NULL,
+SET state = 'retry_wait', worker_id = NULL, lease_until = NULL, deadline_at = NULL,
     next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),
-    lease_until = NULL
+    givebacks = givebacks + %(given_back)s
 WHERE id = %(id)s;
 
 -- name: node_to_final
 UPDATE nodes
-SET state = %(state)s, finished_at = clock_timestamp(), worker_id = NULL, lease_until = NULL
+SET state = %(state)s, finished_at = clock_timestamp(), worker_id = NULL, lease_until = NULL,
+    deadline_at = NULL
 WHERE id = %(id)s;
 
 -- name: cascade_upstream_failed
@@ -182,10 +244,15 @@ WHERE id IN (
 RETURNING id, attempt, enqueued_at;
 
 -- name: lock_expired
-SELECT n.id, n.job_id, n.attempt, n.retries, n.backoff_base, n.backoff_factor, n.backoff_max,
-       n.worker_id, j.cancel_requested_at IS NOT NULL AS cancelled
+-- Running attempts whose worker stopped renewing the lease, or that are overdue (timeout plus
+-- one lease: the worker should have killed and reported them by then).
+SELECT n.id, n.job_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+       n.backoff_base, n.backoff_factor, n.backoff_max, n.worker_id,
+       j.cancel_requested_at IS NOT NULL AS cancelled,
+       n.deadline_at IS NOT NULL AND n.deadline_at < clock_timestamp() AS overdue
 FROM nodes n JOIN jobs j ON j.id = n.job_id
-WHERE n.state = 'running' AND n.lease_until < clock_timestamp()
+WHERE n.state = 'running'
+  AND (n.lease_until < clock_timestamp() OR n.deadline_at < clock_timestamp())
 ORDER BY n.lease_until
 LIMIT %(limit)s
 FOR UPDATE OF n SKIP LOCKED;
@@ -203,15 +270,16 @@ RETURNING id;
 
 -- name: cancel_waiting_nodes
 WITH waiting AS (
-    SELECT id, attempt, state FROM nodes
+    SELECT id, attempt, state, idempotency_key FROM nodes
     WHERE job_id = %(job)s AND state IN ('pending', 'queued', 'retry_wait')
     FOR UPDATE
 ), cancelled AS (
     UPDATE nodes n
-    SET state = 'cancelled', finished_at = clock_timestamp(), next_attempt_at = NULL
+    SET state = 'cancelled', finished_at = clock_timestamp(), next_attempt_at = NULL,
+        key_wait = false
     FROM waiting w WHERE n.id = w.id
 )
-SELECT id, attempt, state FROM waiting;
+SELECT id, attempt, state, idempotency_key FROM waiting;
 
 -- name: job_status
 SELECT id, status FROM jobs WHERE id = %(job)s;
@@ -227,7 +295,8 @@ GROUP BY job_id, state;
 
 -- name: job_nodes
 SELECT id, node_id, name, command, state, retries, timeout_seconds, idempotency_key,
-       depends_on, attempt, enqueued_at, next_attempt_at, worker_id, finished_at, cached
+       depends_on, attempt, givebacks, enqueued_at, next_attempt_at, worker_id, finished_at,
+       cached, cached_from, key_wait
 FROM nodes WHERE job_id = %(job)s ORDER BY position;
 
 -- name: job_attempts
@@ -237,6 +306,13 @@ SELECT a.node_id, a.attempt, a.worker_id, a.enqueued_at, a.claimed_at, a.started
 FROM attempts a JOIN nodes n ON n.id = a.node_id
 WHERE n.job_id = %(job)s
 ORDER BY a.node_id, a.attempt;
+
+-- name: source_attempts
+-- The successful attempts that cached nodes reuse.
+SELECT node_id, attempt, worker_id, enqueued_at, claimed_at, started_at, finished_at,
+       exit_code, reason, stdout_tail, stdout_bytes, stderr_tail, stderr_bytes
+FROM attempts
+WHERE node_id = ANY(%(ids)s::bigint[]) AND reason = 'succeeded';
 
 -- name: queue_positions
 -- For each queued node of the job: how many queued attempts (of any job) are ahead of it.

@@ -25,6 +25,7 @@ from minitemporal.domain.explain import NodeFacts, explain
 from minitemporal.domain.model import (
     AttemptView,
     Beat,
+    CancelResult,
     ClaimedTask,
     CompleteResult,
     FinishedJob,
@@ -39,10 +40,16 @@ from minitemporal.domain.model import (
     Output,
     RetryPolicy,
     SubmitResult,
+    SweepResult,
     TaskRef,
     TaskResult,
 )
-from minitemporal.domain.states import after_attempt, job_status_when_done
+from minitemporal.domain.states import (
+    ReadyKeyed,
+    admit_keyed,
+    after_attempt,
+    job_status_when_done,
+)
 from minitemporal.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
 from minitemporal.store.base import Store
 from minitemporal.store.sqlfile import load_queries, load_text
@@ -76,6 +83,8 @@ class PostgresStore(Store):
         self._acquire_timeout = acquire_timeout
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self._q = load_queries("minitemporal.store.postgres", "queries.sql")
+        self._succeed_running = self._q["succeed_running"] + "\n" + self._q["unblock_children"]
+        self._succeed_cached = self._q["succeed_cached"] + "\n" + self._q["unblock_children"]
         self._pool: AsyncConnectionPool[Conn] | None = None
 
     # --- lifecycle
@@ -174,6 +183,7 @@ class PostgresStore(Store):
                 "backoff_base": n.backoff.base_seconds if n.backoff else None,
                 "backoff_factor": n.backoff.factor if n.backoff else None,
                 "backoff_max": n.backoff.max_seconds if n.backoff else None,
+                "queue": not n.depends_on and n.idempotency_key is None,
             }
             for i, n in enumerate(spec.nodes)
         ]
@@ -202,10 +212,21 @@ class PostgresStore(Store):
                 return SubmitResult(str(existing["id"]), created=False)
             inserted = await self._all(conn, "insert_nodes", {"job": job_id, "nodes": Jsonb(nodes)})
             await conn.execute(self._q["insert_edges"], {"job": job_id})
-            queued = sorted(
+            tx = _Changes(self, conn)
+            tx.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
             )
-            return SubmitResult(str(job_id), created=True, queued=tuple(queued))
+            await tx.admit_keyed(
+                sorted(
+                    r["id"] for r in inserted if r["state"] == "pending" and r["deps_pending"] == 0
+                )
+            )
+            return SubmitResult(
+                str(job_id),
+                created=True,
+                queued=tuple(sorted(tx.queued)),
+                created_at=row["created_at"],
+            )
 
         return await self._tx(body)
 
@@ -236,20 +257,12 @@ class PostgresStore(Store):
         rows = await self._all(conn, "job_nodes", {"job": job})
         attempts: dict[int, list[AttemptView]] = {}
         for a in await self._all(conn, "job_attempts", {"job": job}):
-            attempts.setdefault(a["node_id"], []).append(
-                AttemptView(
-                    attempt=a["attempt"],
-                    worker_id=a["worker_id"],
-                    enqueued_at=a["enqueued_at"],
-                    claimed_at=a["claimed_at"],
-                    started_at=a["started_at"],
-                    finished_at=a["finished_at"],
-                    exit_code=a["exit_code"],
-                    reason=a["reason"],
-                    stdout=Output(a["stdout_tail"], a["stdout_bytes"]),
-                    stderr=Output(a["stderr_tail"], a["stderr_bytes"]),
-                )
-            )
+            attempts.setdefault(a["node_id"], []).append(_attempt_view(a))
+        sources = [r["cached_from"] for r in rows if r["cached_from"] is not None]
+        reused: dict[int, AttemptView] = {}
+        if sources:
+            for a in await self._all(conn, "source_attempts", {"ids": sources}):
+                reused[a["node_id"]] = _attempt_view(a)
         ahead: dict[int, int] = {}
         if any(r["state"] == "queued" for r in rows):
             ahead = {
@@ -271,7 +284,10 @@ class PostgresStore(Store):
                 worker_id=r["worker_id"],
                 last_attempt=tries[-1] if tries else None,
                 cached=r["cached"],
+                key_wait=r["key_wait"],
+                idempotency_key=r["idempotency_key"],
             )
+            cached_result = reused.get(r["cached_from"]) if r["cached_from"] else None
             views.append(
                 NodeView(
                     id=r["node_id"],
@@ -288,10 +304,15 @@ class PostgresStore(Store):
                     finished_at=r["finished_at"],
                     next_attempt_at=r["next_attempt_at"],
                     worker_id=r["worker_id"] or (current.worker_id if current else None),
-                    exit_code=tries[-1].exit_code if tries else None,
+                    exit_code=(
+                        tries[-1].exit_code
+                        if tries
+                        else (cached_result.exit_code if cached_result else None)
+                    ),
                     cached=r["cached"],
                     attempts=tries,
                     explanation=explain(facts),
+                    cached_result=cached_result,
                 )
             )
         return tuple(views)
@@ -320,23 +341,35 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def cancel_job(self, job_id: str) -> tuple[JobView, tuple[TaskRef, ...]]:
+    async def cancel_job(self, job_id: str) -> CancelResult:
         key = _job_uuid(job_id)
 
-        async def body(conn: Conn) -> tuple[TaskRef, ...]:
+        async def body(conn: Conn) -> tuple[tuple[TaskRef, ...], _Changes]:
             if await self._one(conn, "request_cancel", {"job": key}) is None:
                 job = await self._one(conn, "job_status", {"job": key})
                 if job is None:
                     raise NotFound(f"no job {job_id}")
                 if job["status"] != JobStatus.RUNNING:
                     raise Conflict(f"job {job_id} already finished: {job['status']}")
-                return ()  # cancel already requested: idempotent
+                return (), _Changes(self, conn)  # cancel already requested: idempotent
             waiting = await self._all(conn, "cancel_waiting_nodes", {"job": key})
-            await self._count_finished(conn, key, finished=len(waiting), failed=0)
-            return tuple(TaskRef(w["id"], w["attempt"]) for w in waiting if w["state"] == "queued")
+            tx = _Changes(self, conn)
+            await tx.count_finished(key, finished=len(waiting), failed=0)
+            for w in waiting:
+                if w["idempotency_key"] is not None and w["state"] != "pending":
+                    await tx.wake_key_waiters(w["idempotency_key"])
+            withdrawn = tuple(
+                TaskRef(w["id"], w["attempt"]) for w in waiting if w["state"] == "queued"
+            )
+            return withdrawn, tx
 
-        withdrawn = await self._tx(body)
-        return await self.get_job(job_id), withdrawn
+        withdrawn, tx = await self._tx(body)
+        return CancelResult(
+            job=await self.get_job(job_id),
+            withdrawn=withdrawn,
+            queued=tuple(tx.queued),
+            finished_jobs=tuple(tx.finished),
+        )
 
     # --- attempts
     async def claim(
@@ -389,78 +422,29 @@ class PostgresStore(Store):
 
     async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
         async def body(conn: Conn) -> CompleteResult:
+            tx = _Changes(self, conn)
             enqueued: list[datetime | None] = []
-            queued: list[TaskRef] = []
-            finished: list[FinishedJob] = []
             for result in results:
+                params = _result_params(worker_id, result)
                 if result.outcome is Outcome.SUCCEEDED:
-                    at = await self._succeed(conn, worker_id, result, queued, finished)
-                else:
-                    at = await self._fail(conn, worker_id, result, finished)
-                enqueued.append(at)
+                    enqueued.append(await tx.succeed_running(params))
+                    continue
+                node = await self._one(conn, "lock_running", params)
+                if node is None:
+                    enqueued.append(None)
+                    continue
+                recorded = await self._one(
+                    conn, "record_attempt", {**params, "reason": result.outcome.value}
+                )
+                enqueued.append(recorded["enqueued_at"] if recorded else None)
+                await tx.after_failure(node, result.outcome)
             return CompleteResult(
-                enqueued_at=tuple(enqueued), queued=tuple(queued), finished_jobs=tuple(finished)
+                enqueued_at=tuple(enqueued),
+                queued=tuple(tx.queued),
+                finished_jobs=tuple(tx.finished),
             )
 
         return await self._tx(body)
-
-    async def _succeed(
-        self,
-        conn: Conn,
-        worker_id: str,
-        result: TaskResult,
-        queued: list[TaskRef],
-        finished: list[FinishedJob],
-    ) -> datetime | None:
-        row = await self._one(conn, "complete_succeeded", _result_params(worker_id, result))
-        if row is None or row["job_id"] is None:
-            return None
-        queued.extend(
-            TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
-        )
-        if row["unfinished"] == 0:
-            await self._finish_job(conn, row, finished)
-        return row["enqueued_at"]
-
-    async def _fail(
-        self, conn: Conn, worker_id: str, result: TaskResult, finished: list[FinishedJob]
-    ) -> datetime | None:
-        params = _result_params(worker_id, result)
-        node = await self._one(conn, "lock_running", params)
-        if node is None:
-            return None
-        recorded = await self._one(
-            conn, "record_attempt", {**params, "reason": result.outcome.value}
-        )
-        await self._after_failure(conn, node, result.outcome, finished)
-        return recorded["enqueued_at"] if recorded else None
-
-    async def _after_failure(
-        self, conn: Conn, node: dict[str, Any], outcome: Outcome, finished: list[FinishedJob]
-    ) -> None:
-        """Apply the state machine's decision for a failed attempt of a locked node."""
-        decision = after_attempt(
-            outcome,
-            node["attempt"],
-            node["retries"] + 1,
-            self._node_policy(node),
-            job_cancelled=node["cancelled"],
-            rng=self._rng,
-        )
-        if decision.state is NodeState.RETRY_WAIT:
-            await conn.execute(
-                self._q["node_to_retry_wait"],
-                {"id": node["id"], "delay": decision.retry_delay or 0.0},
-            )
-            return
-        await conn.execute(self._q["node_to_final"], {"id": node["id"], "state": decision.state})
-        below: list[dict[str, Any]] = []
-        if decision.state is NodeState.FAILED:
-            below = await self._all(conn, "cascade_upstream_failed", {"id": node["id"]})
-        failed = 1 if decision.state is NodeState.FAILED else 0
-        await self._count_finished(
-            conn, node["job_id"], finished=1 + len(below), failed=failed, out=finished
-        )
 
     def _node_policy(self, node: dict[str, Any]) -> RetryPolicy:
         if node["backoff_base"] is None:
@@ -472,35 +456,6 @@ class PostgresStore(Store):
             jitter=self._policy.jitter,
         )
 
-    async def _count_finished(
-        self,
-        conn: Conn,
-        job: uuid.UUID,
-        *,
-        finished: int,
-        failed: int,
-        out: list[FinishedJob] | None = None,
-    ) -> None:
-        if finished == 0:
-            return
-        row = await self._one(
-            conn, "count_finished", {"job": job, "finished": finished, "failed": failed}
-        )
-        if row is not None and row["nodes_unfinished"] == 0:
-            await self._finish_job(
-                conn,
-                {"job_id": row["id"], "failed": row["nodes_failed"], "cancelled": row["cancelled"]},
-                out if out is not None else [],
-            )
-
-    async def _finish_job(
-        self, conn: Conn, row: dict[str, Any], finished: list[FinishedJob]
-    ) -> None:
-        status = job_status_when_done(cancelled=row["cancelled"], failed_nodes=row["failed"])
-        done = await self._one(conn, "finish_job", {"job": row["job_id"], "status": status.value})
-        if done is not None:
-            finished.append(FinishedJob(str(row["job_id"]), status, done["duration"]))
-
     # --- sweeps
     async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:
         async def body(conn: Conn) -> list[TaskRef]:
@@ -509,31 +464,21 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def expire_leases(self, limit: int = 1000) -> tuple[list[TaskRef], list[FinishedJob]]:
-        async def body(conn: Conn) -> tuple[list[TaskRef], list[FinishedJob]]:
-            rows = await self._all(conn, "lock_expired", {"limit": limit})
-            lost: list[TaskRef] = []
-            finished: list[FinishedJob] = []
-            for node in rows:
-                await self._one(
-                    conn,
-                    "record_attempt",
-                    {
-                        "id": node["id"],
-                        "attempt": node["attempt"],
-                        "started_at": None,
-                        "finished_at": None,  # PostgreSQL's clock
-                        "exit_code": None,
-                        "reason": Outcome.LOST.value,
-                        "stdout_tail": "",
-                        "stdout_bytes": 0,
-                        "stderr_tail": "",
-                        "stderr_bytes": 0,
-                    },
-                )
-                await self._after_failure(conn, node, Outcome.LOST, finished)
-                lost.append(TaskRef(node["id"], node["attempt"]))
-            return lost, finished
+    async def expire_leases(self, limit: int = 1000) -> SweepResult:
+        async def body(conn: Conn) -> SweepResult:
+            tx = _Changes(self, conn)
+            gone: dict[Outcome, list[TaskRef]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
+            for node in await self._all(conn, "lock_expired", {"limit": limit}):
+                outcome = Outcome.TIMEOUT if node["overdue"] else Outcome.LOST
+                await self._one(conn, "record_attempt", _given_up(node, outcome))
+                await tx.after_failure(node, outcome)
+                gone[outcome].append(TaskRef(node["id"], node["attempt"]))
+            return SweepResult(
+                lost=tuple(gone[Outcome.LOST]),
+                timed_out=tuple(gone[Outcome.TIMEOUT]),
+                queued=tuple(tx.queued),
+                finished_jobs=tuple(tx.finished),
+            )
 
         return await self._tx(body)
 
@@ -547,7 +492,153 @@ class PostgresStore(Store):
         return await self._tx(body)
 
 
+class _Changes:
+    """The write path of one transaction: applies the domain's decisions and collects what
+    the scheduler must act on after the commit (attempts to push, jobs that finished)."""
+
+    def __init__(self, store: PostgresStore, conn: Conn) -> None:
+        self.store = store
+        self.conn = conn
+        self.queued: list[TaskRef] = []
+        self.finished: list[FinishedJob] = []
+
+    async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.store._one(self.conn, name, params)
+
+    async def succeed_running(self, params: dict[str, Any]) -> datetime | None:
+        """Record a reported success; the attempt's enqueue time, or None if it was stale."""
+        row = await self._succeed(self.store._succeed_running, params)
+        return row["enqueued_at"] if row is not None else None
+
+    async def _succeed(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Run a success head + `unblock_children`; follow up on what it unblocked."""
+        cur = await self.conn.execute(query, params)
+        row = await cur.fetchone()
+        if row is None or row["job_id"] is None:
+            return None
+        self.queued.extend(
+            TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
+        )
+        await self.admit_keyed(row["keyed_ids"])
+        if row["key"] is not None:
+            await self.wake_key_waiters(row["key"])
+        if row["unfinished"] == 0:
+            await self.finish_job(row["job_id"], cancelled=row["cancelled"], failed=row["failed"])
+        return row
+
+    async def admit_keyed(self, node_ids: Sequence[int]) -> None:
+        """Ready nodes with an idempotency key: reuse a result, wait, or queue (domain rule)."""
+        for node_id in node_ids:
+            node = await self._one("keyed_node", {"id": node_id})
+            if node is None:
+                continue
+            key = node["idempotency_key"]
+            await self._one("lock_key", {"key": key})
+            holders = await self._one("key_holders", {"key": key, "id": node_id})
+            if holders is None:  # pragma: no cover - a SELECT of scalars always has a row
+                continue
+            decision = admit_keyed(
+                key_succeeded=holders["succeeded"] is not None, key_in_flight=holders["in_flight"]
+            )
+            if decision == ReadyKeyed.CACHED:
+                await self._succeed(
+                    self.store._succeed_cached, {"id": node_id, "source": holders["succeeded"]}
+                )
+            elif decision == ReadyKeyed.WAIT:
+                await self._one("wait_keyed", {"id": node_id})
+            else:
+                row = await self._one("queue_keyed", {"id": node_id})
+                if row is not None:
+                    self.queued.append(TaskRef(row["id"], row["attempt"]))
+
+    async def wake_key_waiters(self, key: str) -> None:
+        """A node with this key reached a final state: decide again for those waiting on it."""
+        await self._one("lock_key", {"key": key})
+        waiters = await self.store._all(self.conn, "key_waiters", {"key": key})
+        await self.admit_keyed([w["id"] for w in waiters])
+
+    async def after_failure(self, node: dict[str, Any], outcome: Outcome) -> None:
+        """Apply the state machine's decision for a failed attempt of a locked node."""
+        decision = after_attempt(
+            outcome,
+            node["attempt"] - node["givebacks"],
+            node["retries"] + 1,
+            self.store._node_policy(node),
+            job_cancelled=node["cancelled"],
+            rng=self.store._rng,
+        )
+        if decision.state is NodeState.RETRY_WAIT:
+            await self.conn.execute(
+                self.store._q["node_to_retry_wait"],
+                {
+                    "id": node["id"],
+                    "delay": decision.retry_delay or 0.0,
+                    "given_back": int(decision.given_back),
+                },
+            )
+            return
+        await self.conn.execute(
+            self.store._q["node_to_final"], {"id": node["id"], "state": decision.state}
+        )
+        below: list[dict[str, Any]] = []
+        if decision.state is NodeState.FAILED:
+            below = await self.store._all(self.conn, "cascade_upstream_failed", {"id": node["id"]})
+        await self.count_finished(
+            node["job_id"],
+            finished=1 + len(below),
+            failed=1 if decision.state is NodeState.FAILED else 0,
+        )
+        if node["idempotency_key"] is not None:
+            await self.wake_key_waiters(node["idempotency_key"])
+
+    async def count_finished(self, job: uuid.UUID, *, finished: int, failed: int) -> None:
+        if finished == 0:
+            return
+        row = await self._one(
+            "count_finished", {"job": job, "finished": finished, "failed": failed}
+        )
+        if row is not None and row["nodes_unfinished"] == 0:
+            await self.finish_job(row["id"], cancelled=row["cancelled"], failed=row["nodes_failed"])
+
+    async def finish_job(self, job: uuid.UUID, *, cancelled: bool, failed: int) -> None:
+        status = job_status_when_done(cancelled=cancelled, failed_nodes=failed)
+        done = await self._one("finish_job", {"job": job, "status": status.value})
+        if done is not None:
+            self.finished.append(FinishedJob(str(job), status, done["duration"]))
+
+
 # --- helpers
+def _attempt_view(a: dict[str, Any]) -> AttemptView:
+    return AttemptView(
+        attempt=a["attempt"],
+        worker_id=a["worker_id"],
+        enqueued_at=a["enqueued_at"],
+        claimed_at=a["claimed_at"],
+        started_at=a["started_at"],
+        finished_at=a["finished_at"],
+        exit_code=a["exit_code"],
+        reason=a["reason"],
+        stdout=Output(a["stdout_tail"], a["stdout_bytes"]),
+        stderr=Output(a["stderr_tail"], a["stderr_bytes"]),
+    )
+
+
+def _given_up(node: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """record_attempt parameters for an attempt the scheduler gave up on (no worker report)."""
+    return {
+        "id": node["id"],
+        "attempt": node["attempt"],
+        "started_at": None,
+        "finished_at": None,  # PostgreSQL's clock
+        "exit_code": None,
+        "reason": outcome.value,
+        "stdout_tail": "",
+        "stdout_bytes": 0,
+        "stderr_tail": "",
+        "stderr_bytes": 0,
+    }
+
+
 def _result_params(worker_id: str, r: TaskResult) -> dict[str, Any]:
     return {
         "id": r.ref.node,
