@@ -244,6 +244,17 @@ class CancelResult:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What the scheduler's gauges show: how much waits, runs, and who works."""
+
+    queued: int = 0
+    running: int = 0
+    jobs_active: int = 0
+    workers_alive: int = 0
+    oldest_queued_age_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatResult:
     cancel: tuple[TaskRef, ...] = ()  # attempts to kill: the job was cancelled
     lost: tuple[TaskRef, ...] = ()  # attempts no longer held by this worker: kill, do not report

@@ -104,4 +104,10 @@ class Maintenance:
             log.info("queue reconciled (%s): %d attempt(s) pushed again", why, added)
 
     async def update_gauges(self) -> None:
-        self.service.metrics.queue_depth.set(await self.service.queue.depth())
+        m = self.service.metrics
+        stats = await self.service.store.stats(worker_window_seconds=self.service.lease_seconds)
+        m.tasks_running.set(stats.running)
+        m.jobs_active.set(stats.jobs_active)
+        m.workers_alive.set(stats.workers_alive)
+        m.oldest_queued.set(stats.oldest_queued_age_seconds)
+        m.queue_depth.set(await self.service.queue.depth())

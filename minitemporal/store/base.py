@@ -22,6 +22,7 @@ from minitemporal.domain.model import (
     JobSpec,
     JobStatus,
     JobView,
+    StoreStats,
     SubmitResult,
     SweepResult,
     TaskRef,
@@ -108,6 +109,10 @@ class Store(abc.ABC):
     async def expire_leases(self, limit: int = 1000) -> SweepResult:
         """Running attempts whose lease ran out are lost, and those past their deadline
         (timeout plus one lease) timed out: retry or fail them."""
+
+    @abc.abstractmethod
+    async def stats(self, *, worker_window_seconds: float) -> StoreStats:
+        """Counts for the gauges; a worker is alive if it heartbeated within the window."""
 
     @abc.abstractmethod
     async def queued_tasks(

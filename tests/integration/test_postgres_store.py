@@ -346,3 +346,14 @@ async def test_a_waiter_is_completed_from_its_twins_success(store: PostgresStore
     assert len(out.queued) == 1, "j2.a is cached, so j2.b is ready"
     assert await run_all(store, out.queued) == ["b"]
     assert (await store.get_job(j2.job_id)).status.value == "succeeded"
+
+
+async def test_stats(store: PostgresStore) -> None:
+    assert (await store.stats(worker_window_seconds=10)).queued == 0
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    [a] = await store.claim("w1", res.queued[:1], 30)
+    await store.heartbeat("w1", [Beat(a.ref)], 30)
+    await asyncio.sleep(0.05)
+    stats = await store.stats(worker_window_seconds=10)
+    assert (stats.queued, stats.running, stats.jobs_active, stats.workers_alive) == (1, 1, 1, 1)
+    assert 0.04 < stats.oldest_queued_age_seconds < 10

@@ -329,3 +329,13 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s)
        OR (created_at, id) < (%(before_created)s, %(before_id)s::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
+
+-- name: stats
+SELECT
+    (SELECT count(*) FROM nodes WHERE state = 'queued') AS queued,
+    (SELECT count(*) FROM nodes WHERE state = 'running') AS running,
+    (SELECT count(*) FROM jobs WHERE status = 'running') AS jobs_active,
+    (SELECT count(*) FROM workers
+     WHERE last_seen_at > clock_timestamp() - make_interval(secs => %(window)s)) AS workers_alive,
+    COALESCE((SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at))::double precision
+              FROM nodes WHERE state = 'queued'), 0) AS oldest_queued_age;

@@ -39,6 +39,7 @@ from minitemporal.domain.model import (
     Outcome,
     Output,
     RetryPolicy,
+    StoreStats,
     SubmitResult,
     SweepResult,
     TaskRef,
@@ -478,6 +479,21 @@ class PostgresStore(Store):
                 timed_out=tuple(gone[Outcome.TIMEOUT]),
                 queued=tuple(tx.queued),
                 finished_jobs=tuple(tx.finished),
+            )
+
+        return await self._tx(body)
+
+    async def stats(self, *, worker_window_seconds: float) -> StoreStats:
+        async def body(conn: Conn) -> StoreStats:
+            r = await self._one(conn, "stats", {"window": worker_window_seconds})
+            if r is None:  # pragma: no cover - a SELECT of scalars always has a row
+                return StoreStats()
+            return StoreStats(
+                queued=r["queued"],
+                running=r["running"],
+                jobs_active=r["jobs_active"],
+                workers_alive=r["workers_alive"],
+                oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
             )
 
         return await self._tx(body)
