@@ -1,19 +1,19 @@
 """The PostgreSQL store: every operation one transaction, every state change compare-and-set.
 
-SQL lives in queries.sql; this module only sequences statements and applies the decisions of
-`minitemporal.domain.states`. Driver errors become `Unavailable` here, at the boundary.
+SQL lives in queries.sql; the operations' flow is shared with the embedded backend
+(`store.common`), and this module runs its steps as those statements. The success path stays
+one round trip (`succeed_running` + `unblock_children`). Driver errors become `Unavailable`
+here, at the boundary.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 import psycopg.errors
@@ -21,38 +21,25 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from minitemporal.domain.explain import NodeFacts, explain
 from minitemporal.domain.model import (
-    AttemptView,
     Beat,
-    CancelResult,
-    ClaimedTask,
-    CompleteResult,
-    FinishedJob,
-    HeartbeatResult,
-    JobPage,
-    JobSpec,
     JobStatus,
-    JobView,
     NodeState,
-    NodeView,
-    Outcome,
-    Output,
     RetryPolicy,
     StoreStats,
-    SubmitResult,
-    SweepResult,
     TaskRef,
-    TaskResult,
 )
-from minitemporal.domain.states import (
-    ReadyKeyed,
-    admit_keyed,
-    after_attempt,
-    job_status_when_done,
+from minitemporal.errors import Unavailable
+from minitemporal.store.common import (
+    ExpiredNode,
+    JobCount,
+    JobKey,
+    LockedNode,
+    Row,
+    SqlStore,
+    Succeeded,
+    Tx,
 )
-from minitemporal.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
-from minitemporal.store.base import Store
 from minitemporal.store.sqlfile import load_queries, load_text
 
 T = TypeVar("T")
@@ -61,12 +48,7 @@ SCHEMA_LOCK = 0x6D696E6974  # pg_advisory_xact_lock key: "minit"
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
-def _clean(text: str) -> str:
-    """PostgreSQL text cannot hold NUL; command output can."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     def __init__(
         self,
         url: str,
@@ -77,15 +59,14 @@ class PostgresStore(Store):
         acquire_timeout: float = 3.0,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(retry_policy=retry_policy, rng=rng)
         self._url = url
-        self._policy = retry_policy
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._acquire_timeout = acquire_timeout
-        self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self._q = load_queries("minitemporal.store.postgres", "queries.sql")
-        self._succeed_running = self._q["succeed_running"] + "\n" + self._q["unblock_children"]
-        self._succeed_cached = self._q["succeed_cached"] + "\n" + self._q["unblock_children"]
+        self._q["succeed_running"] += "\n" + self._q["unblock_children"]
+        self._q["succeed_cached"] += "\n" + self._q["unblock_children"]
         self._pool: AsyncConnectionPool[Conn] | None = None
 
     # --- lifecycle
@@ -153,555 +134,189 @@ class PostgresStore(Store):
                     raise Unavailable("PostgreSQL transaction kept conflicting") from None
         raise AssertionError("unreachable")
 
-    async def _one(self, conn: Conn, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        cur = await conn.execute(self._q[name], params)
+    async def _write(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        return await self._tx(lambda conn: body(_PgTx(self._q, conn)))
+
+    async def _read(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        return await self._write(body)  # a pooled connection reads as well as it writes
+
+
+class _PgTx(Tx):
+    """The steps of one PostgreSQL transaction, each a statement of queries.sql."""
+
+    def __init__(self, queries: dict[str, str], conn: Conn) -> None:
+        self._q = queries
+        self._conn = conn
+
+    async def _one(self, name: str, params: dict[str, Any]) -> Row | None:
+        cur = await self._conn.execute(self._q[name], params)
         return await cur.fetchone()
 
-    async def _all(self, conn: Conn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        cur = await conn.execute(self._q[name], params)
+    async def _all(self, name: str, params: dict[str, Any]) -> list[Row]:
+        cur = await self._conn.execute(self._q[name], params)
         return await cur.fetchall()
 
     # --- jobs
-    async def submit_job(
-        self,
-        spec: JobSpec,
-        *,
-        idempotency_key: str | None = None,
-        request_digest: str | None = None,
-    ) -> SubmitResult:
-        job_id = uuid.uuid4()
-        nodes = [
-            {
-                "id": n.id,
-                "position": i,
-                "name": n.name,
-                "command": n.command,
-                "retries": n.retries,
-                "timeout_seconds": n.timeout_seconds,
-                "idempotency_key": n.idempotency_key,
-                "depends_on": list(n.depends_on),
-                "env": [list(pair) for pair in n.env],
-                "backoff_base": n.backoff.base_seconds if n.backoff else None,
-                "backoff_factor": n.backoff.factor if n.backoff else None,
-                "backoff_max": n.backoff.max_seconds if n.backoff else None,
-                "queue": not n.depends_on and n.idempotency_key is None,
-            }
-            for i, n in enumerate(spec.nodes)
-        ]
+    async def insert_job(
+        self, job: uuid.UUID, name: str, nodes: int, key: str | None, digest: str | None
+    ) -> datetime | None:
+        row = await self._one(
+            "insert_job",
+            {"id": job, "name": name, "n": nodes, "idempotency_key": key, "digest": digest},
+        )
+        return row["created_at"] if row is not None else None
 
-        async def body(conn: Conn) -> SubmitResult:
-            row = await self._one(
-                conn,
-                "insert_job",
-                {
-                    "id": job_id,
-                    "name": spec.name,
-                    "n": len(spec.nodes),
-                    "idempotency_key": idempotency_key,
-                    "digest": request_digest if idempotency_key else None,
-                },
-            )
-            if row is None:  # the idempotency key is taken
-                existing = await self._one(conn, "job_by_idempotency_key", {"key": idempotency_key})
-                if existing is None:  # pragma: no cover - the conflicting row is committed
-                    raise Unavailable("idempotency key race, retry")
-                if existing["request_digest"] != request_digest:
-                    raise Conflict(
-                        "this Idempotency-Key was used for a different request",
-                        [Problem("/", f"job {existing['id']} was submitted with this key")],
-                    )
-                return SubmitResult(str(existing["id"]), created=False)
-            inserted = await self._all(conn, "insert_nodes", {"job": job_id, "nodes": Jsonb(nodes)})
-            await conn.execute(self._q["insert_edges"], {"job": job_id})
-            tx = _Changes(self, conn)
-            tx.queued.extend(
-                TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
-            )
-            await tx.admit_keyed(
-                sorted(
-                    r["id"] for r in inserted if r["state"] == "pending" and r["deps_pending"] == 0
-                )
-            )
-            return SubmitResult(
-                str(job_id),
-                created=True,
-                queued=tuple(sorted(tx.queued)),
-                created_at=row["created_at"],
-            )
+    async def job_by_idempotency_key(self, key: str) -> Row | None:
+        return await self._one("job_by_idempotency_key", {"key": key})
 
-        return await self._tx(body)
+    async def insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
+        inserted = await self._all("insert_nodes", {"job": job, "nodes": Jsonb(nodes)})
+        await self._conn.execute(self._q["insert_edges"], {"job": job})
+        return inserted
 
-    async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
-        key = _job_uuid(job_id)
+    async def get_job(self, job: JobKey) -> Row | None:
+        return await self._one("get_job", {"job": job})
 
-        async def body(conn: Conn) -> JobView:
-            job = await self._one(conn, "get_job", {"job": key})
-            if job is None:
-                raise NotFound(f"no job {job_id}")
-            counts = await self._node_counts(conn, [key])
-            nodes: tuple[NodeView, ...] = ()
-            if include_nodes:
-                nodes = await self._job_nodes(conn, key)
-            return _job_view(job, counts.get(key, {}), nodes)
+    async def job_status(self, job: JobKey) -> Row | None:
+        return await self._one("job_status", {"job": job})
 
-        return await self._tx(body)
+    async def node_counts(self, jobs: list[JobKey]) -> list[Row]:
+        return await self._all("job_node_counts", {"jobs": jobs})
 
-    async def _node_counts(
-        self, conn: Conn, jobs: list[uuid.UUID]
-    ) -> dict[uuid.UUID, dict[str, int]]:
-        counts: dict[uuid.UUID, dict[str, int]] = {}
-        for r in await self._all(conn, "job_node_counts", {"jobs": jobs}):
-            counts.setdefault(r["job_id"], {})[r["state"]] = r["n"]
-        return counts
+    async def job_nodes(self, job: JobKey) -> list[Row]:
+        return await self._all("job_nodes", {"job": job})
 
-    async def _job_nodes(self, conn: Conn, job: uuid.UUID) -> tuple[NodeView, ...]:
-        rows = await self._all(conn, "job_nodes", {"job": job})
-        attempts: dict[int, list[AttemptView]] = {}
-        for a in await self._all(conn, "job_attempts", {"job": job}):
-            attempts.setdefault(a["node_id"], []).append(_attempt_view(a))
-        sources = [r["cached_from"] for r in rows if r["cached_from"] is not None]
-        reused: dict[int, AttemptView] = {}
-        if sources:
-            for a in await self._all(conn, "source_attempts", {"ids": sources}):
-                reused[a["node_id"]] = _attempt_view(a)
-        ahead: dict[int, int] = {}
-        if any(r["state"] == "queued" for r in rows):
-            ahead = {
-                r["id"]: r["ahead"] for r in await self._all(conn, "queue_positions", {"job": job})
-            }
-        states = {r["node_id"]: NodeState(r["state"]) for r in rows}
-        views = []
-        for r in rows:
-            tries = tuple(attempts.get(r["id"], ()))
-            current = tries[-1] if tries and tries[-1].attempt == r["attempt"] else None
-            state = NodeState(r["state"])
-            facts = NodeFacts(
-                state=state,
-                attempt=r["attempt"],
-                max_attempts=r["retries"] + 1,
-                dependency_states={d: states[d] for d in r["depends_on"] if d in states},
-                queued_ahead=ahead.get(r["id"]),
-                next_attempt_at=r["next_attempt_at"],
-                worker_id=r["worker_id"],
-                last_attempt=tries[-1] if tries else None,
-                cached=r["cached"],
-                key_wait=r["key_wait"],
-                idempotency_key=r["idempotency_key"],
-            )
-            cached_result = reused.get(r["cached_from"]) if r["cached_from"] else None
-            views.append(
-                NodeView(
-                    id=r["node_id"],
-                    name=r["name"],
-                    command=r["command"],
-                    state=state,
-                    retries=r["retries"],
-                    timeout_seconds=r["timeout_seconds"],
-                    idempotency_key=r["idempotency_key"],
-                    depends_on=tuple(r["depends_on"]),
-                    attempt=r["attempt"],
-                    enqueued_at=r["enqueued_at"],
-                    started_at=current.started_at if current else None,
-                    finished_at=r["finished_at"],
-                    next_attempt_at=r["next_attempt_at"],
-                    worker_id=r["worker_id"] or (current.worker_id if current else None),
-                    exit_code=(
-                        tries[-1].exit_code
-                        if tries
-                        else (cached_result.exit_code if cached_result else None)
-                    ),
-                    cached=r["cached"],
-                    attempts=tries,
-                    explanation=explain(facts),
-                    cached_result=cached_result,
-                )
-            )
-        return tuple(views)
+    async def job_attempts(self, job: JobKey) -> list[Row]:
+        return await self._all("job_attempts", {"job": job})
+
+    async def source_attempts(self, nodes: list[int]) -> list[Row]:
+        return await self._all("source_attempts", {"ids": nodes})
+
+    async def queue_positions(self, job: JobKey) -> list[Row]:
+        return await self._all("queue_positions", {"job": job})
 
     async def list_jobs(
-        self, *, limit: int, cursor: str | None = None, status: JobStatus | None = None
-    ) -> JobPage:
-        before_created, before_id = _decode_cursor(cursor) if cursor else (None, None)
+        self,
+        status: str | None,
+        before_created: datetime | None,
+        before_id: uuid.UUID | None,
+        limit: int,
+    ) -> list[Row]:
+        params = {
+            "status": status,
+            "before_created": before_created,
+            "before_id": before_id,
+            "limit": limit,
+        }
+        return await self._all("list_jobs", params)
 
-        async def body(conn: Conn) -> JobPage:
-            rows = await self._all(
-                conn,
-                "list_jobs",
-                {
-                    "status": status.value if status else None,
-                    "before_created": before_created,
-                    "before_id": before_id,
-                    "limit": limit + 1,
-                },
-            )
-            page, more = rows[:limit], len(rows) > limit
-            counts = await self._node_counts(conn, [r["id"] for r in page]) if page else {}
-            jobs = tuple(_job_view(r, counts.get(r["id"], {}), ()) for r in page)
-            next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
-            return JobPage(jobs, next_cursor)
+    async def request_cancel(self, job: JobKey) -> bool:
+        return await self._one("request_cancel", {"job": job}) is not None
 
-        return await self._tx(body)
-
-    async def cancel_job(self, job_id: str) -> CancelResult:
-        key = _job_uuid(job_id)
-
-        async def body(conn: Conn) -> tuple[tuple[TaskRef, ...], _Changes]:
-            if await self._one(conn, "request_cancel", {"job": key}) is None:
-                job = await self._one(conn, "job_status", {"job": key})
-                if job is None:
-                    raise NotFound(f"no job {job_id}")
-                if job["status"] != JobStatus.RUNNING:
-                    raise Conflict(f"job {job_id} already finished: {job['status']}")
-                return (), _Changes(self, conn)  # cancel already requested: idempotent
-            waiting = await self._all(conn, "cancel_waiting_nodes", {"job": key})
-            tx = _Changes(self, conn)
-            await tx.count_finished(key, finished=len(waiting), failed=0)
-            for w in waiting:
-                if w["idempotency_key"] is not None and w["state"] != "pending":
-                    await tx.wake_key_waiters(w["idempotency_key"])
-            withdrawn = tuple(
-                TaskRef(w["id"], w["attempt"]) for w in waiting if w["state"] == "queued"
-            )
-            return withdrawn, tx
-
-        withdrawn, tx = await self._tx(body)
-        return CancelResult(
-            job=await self.get_job(job_id),
-            withdrawn=withdrawn,
-            queued=tuple(tx.queued),
-            finished_jobs=tuple(tx.finished),
-        )
+    async def cancel_waiting_nodes(self, job: JobKey) -> list[Row]:
+        return await self._all("cancel_waiting_nodes", {"job": job})
 
     # --- attempts
-    async def claim(
-        self, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
-    ) -> list[ClaimedTask]:
-        if not refs:
-            return []
+    async def claim(self, worker: str, refs: Sequence[TaskRef], lease: float) -> list[Row]:
         params = {
-            "worker": worker_id,
-            "lease": lease_seconds,
+            "worker": worker,
+            "lease": lease,
             "ids": [r.node for r in refs],
             "attempts": [r.attempt for r in refs],
         }
+        return await self._all("claim", params)
 
-        async def body(conn: Conn) -> list[ClaimedTask]:
-            rows = await self._all(conn, "claim", params)
-            return [
-                ClaimedTask(
-                    ref=TaskRef(r["id"], r["attempt"]),
-                    job_id=str(r["job_id"]),
-                    node_id=r["node_id"],
-                    command=r["command"],
-                    timeout_seconds=r["timeout_seconds"],
-                    env=tuple((k, v) for k, v in r["env"]),
-                )
-                for r in rows
-            ]
-
-        return await self._tx(body)
-
-    async def heartbeat(
-        self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
-    ) -> HeartbeatResult:
+    async def heartbeat(self, worker: str, beats: Sequence[Beat], lease: float) -> list[Row]:
         params = {
-            "worker": worker_id,
-            "lease": lease_seconds,
+            "worker": worker,
+            "lease": lease,
             "ids": [b.ref.node for b in beats],
             "attempts": [b.ref.attempt for b in beats],
             "started": [b.started_at for b in beats],
         }
+        return await self._all("heartbeat", params)
 
-        async def body(conn: Conn) -> HeartbeatResult:
-            rows = await self._all(conn, "heartbeat", params)
-            held = {TaskRef(r["id"], r["attempt"]): r["cancel"] for r in rows}
-            cancel = tuple(ref for ref, c in held.items() if c)
-            lost = tuple(b.ref for b in beats if b.ref not in held)
-            return HeartbeatResult(cancel=cancel, lost=lost)
-
-        return await self._tx(body)
-
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
-        async def body(conn: Conn) -> CompleteResult:
-            tx = _Changes(self, conn)
-            enqueued: list[datetime | None] = []
-            for result in results:
-                params = _result_params(worker_id, result)
-                if result.outcome is Outcome.SUCCEEDED:
-                    enqueued.append(await tx.succeed_running(params))
-                    continue
-                node = await self._one(conn, "lock_running", params)
-                if node is None:
-                    enqueued.append(None)
-                    continue
-                recorded = await self._one(
-                    conn, "record_attempt", {**params, "reason": result.outcome.value}
-                )
-                enqueued.append(recorded["enqueued_at"] if recorded else None)
-                await tx.after_failure(node, result.outcome)
-            return CompleteResult(
-                enqueued_at=tuple(enqueued),
-                queued=tuple(tx.queued),
-                finished_jobs=tuple(tx.finished),
-            )
-
-        return await self._tx(body)
-
-    def _node_policy(self, node: dict[str, Any]) -> RetryPolicy:
-        if node["backoff_base"] is None:
-            return self._policy
-        return RetryPolicy(
-            base_seconds=node["backoff_base"],
-            factor=node["backoff_factor"],
-            max_seconds=node["backoff_max"],
-            jitter=self._policy.jitter,
-        )
-
-    # --- sweeps
-    async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:
-        async def body(conn: Conn) -> list[TaskRef]:
-            rows = await self._all(conn, "requeue_due_retries", {"limit": limit})
-            return sorted(TaskRef(r["id"], r["attempt"]) for r in rows)
-
-        return await self._tx(body)
-
-    async def expire_leases(self, limit: int = 1000) -> SweepResult:
-        async def body(conn: Conn) -> SweepResult:
-            tx = _Changes(self, conn)
-            gone: dict[Outcome, list[TaskRef]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
-            for node in await self._all(conn, "lock_expired", {"limit": limit}):
-                outcome = Outcome.TIMEOUT if node["overdue"] else Outcome.LOST
-                await self._one(conn, "record_attempt", _given_up(node, outcome))
-                await tx.after_failure(node, outcome)
-                gone[outcome].append(TaskRef(node["id"], node["attempt"]))
-            return SweepResult(
-                lost=tuple(gone[Outcome.LOST]),
-                timed_out=tuple(gone[Outcome.TIMEOUT]),
-                queued=tuple(tx.queued),
-                finished_jobs=tuple(tx.finished),
-            )
-
-        return await self._tx(body)
-
-    async def stats(self, *, worker_window_seconds: float) -> StoreStats:
-        async def body(conn: Conn) -> StoreStats:
-            r = await self._one(conn, "stats", {"window": worker_window_seconds})
-            if r is None:  # pragma: no cover - a SELECT of scalars always has a row
-                return StoreStats()
-            return StoreStats(
-                queued=r["queued"],
-                running=r["running"],
-                jobs_active=r["jobs_active"],
-                workers_alive=r["workers_alive"],
-                oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
-            )
-
-        return await self._tx(body)
-
-    async def queued_tasks(
-        self, *, min_age_seconds: float = 0.0, limit: int = 100_000
-    ) -> list[tuple[TaskRef, datetime]]:
-        async def body(conn: Conn) -> list[tuple[TaskRef, datetime]]:
-            rows = await self._all(conn, "queued_tasks", {"age": min_age_seconds, "limit": limit})
-            return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
-
-        return await self._tx(body)
-
-
-class _Changes:
-    """The write path of one transaction: applies the domain's decisions and collects what
-    the scheduler must act on after the commit (attempts to push, jobs that finished)."""
-
-    def __init__(self, store: PostgresStore, conn: Conn) -> None:
-        self.store = store
-        self.conn = conn
-        self.queued: list[TaskRef] = []
-        self.finished: list[FinishedJob] = []
-
-    async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        return await self.store._one(self.conn, name, params)
-
-    async def succeed_running(self, params: dict[str, Any]) -> datetime | None:
-        """Record a reported success; the attempt's enqueue time, or None if it was stale."""
-        row = await self._succeed(self.store._succeed_running, params)
-        return row["enqueued_at"] if row is not None else None
-
-    async def _succeed(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        """Run a success head + `unblock_children`; follow up on what it unblocked."""
-        cur = await self.conn.execute(query, params)
-        row = await cur.fetchone()
+    async def _succeed(self, name: str, params: dict[str, Any]) -> Succeeded | None:
+        row = await self._one(name, params)  # a head + `unblock_children`: one round trip
         if row is None or row["job_id"] is None:
             return None
-        self.queued.extend(
-            TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
+        return cast(Succeeded, row)
+
+    async def succeed_running(self, params: Row) -> Succeeded | None:
+        return await self._succeed("succeed_running", params)
+
+    async def succeed_cached(self, node: int, source: int) -> Succeeded | None:
+        return await self._succeed("succeed_cached", {"id": node, "source": source})
+
+    async def lock_running(self, params: Row) -> LockedNode | None:
+        return cast(LockedNode | None, await self._one("lock_running", params))
+
+    async def record_attempt(self, params: Row) -> datetime | None:
+        row = await self._one("record_attempt", params)
+        return row["enqueued_at"] if row is not None else None
+
+    async def node_to_retry_wait(self, node: int, delay: float, given_back: bool) -> None:
+        params = {"id": node, "delay": delay, "given_back": int(given_back)}
+        await self._conn.execute(self._q["node_to_retry_wait"], params)
+
+    async def node_to_final(self, node: int, state: NodeState) -> None:
+        await self._conn.execute(self._q["node_to_final"], {"id": node, "state": state})
+
+    async def cascade_upstream_failed(self, node: int) -> int:
+        return len(await self._all("cascade_upstream_failed", {"id": node}))
+
+    async def count_finished(self, job: JobKey, finished: int, failed: int) -> JobCount | None:
+        params = {"job": job, "finished": finished, "failed": failed}
+        return cast(JobCount | None, await self._one("count_finished", params))
+
+    async def finish_job(self, job: JobKey, status: JobStatus) -> float | None:
+        row = await self._one("finish_job", {"job": job, "status": status.value})
+        return row["duration"] if row is not None else None
+
+    # --- idempotency keys
+    async def keyed_node(self, node: int) -> str | None:
+        row = await self._one("keyed_node", {"id": node})
+        return row["idempotency_key"] if row is not None else None
+
+    async def lock_key(self, key: str) -> None:
+        await self._conn.execute(self._q["lock_key"], {"key": key})
+
+    async def key_holders(self, key: str, node: int) -> tuple[int | None, bool]:
+        row = await self._one("key_holders", {"key": key, "id": node})
+        if row is None:  # pragma: no cover - a SELECT of scalars always has a row
+            return None, False
+        return row["succeeded"], row["in_flight"]
+
+    async def queue_keyed(self, node: int) -> TaskRef | None:
+        row = await self._one("queue_keyed", {"id": node})
+        return TaskRef(row["id"], row["attempt"]) if row is not None else None
+
+    async def wait_keyed(self, node: int) -> None:
+        await self._conn.execute(self._q["wait_keyed"], {"id": node})
+
+    async def key_waiters(self, key: str) -> list[int]:
+        return [r["id"] for r in await self._all("key_waiters", {"key": key})]
+
+    # --- sweeps
+    async def requeue_due_retries(self, limit: int) -> list[TaskRef]:
+        rows = await self._all("requeue_due_retries", {"limit": limit})
+        return [TaskRef(r["id"], r["attempt"]) for r in rows]
+
+    async def lock_expired(self, limit: int) -> list[ExpiredNode]:
+        return cast(list[ExpiredNode], await self._all("lock_expired", {"limit": limit}))
+
+    async def stats(self, window: float) -> StoreStats:
+        r = await self._one("stats", {"window": window})
+        if r is None:  # pragma: no cover - a SELECT of scalars always has a row
+            return StoreStats()
+        return StoreStats(
+            queued=r["queued"],
+            running=r["running"],
+            jobs_active=r["jobs_active"],
+            workers_alive=r["workers_alive"],
+            oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
         )
-        await self.admit_keyed(row["keyed_ids"])
-        if row["key"] is not None:
-            await self.wake_key_waiters(row["key"])
-        if row["unfinished"] == 0:
-            await self.finish_job(row["job_id"], cancelled=row["cancelled"], failed=row["failed"])
-        return row
 
-    async def admit_keyed(self, node_ids: Sequence[int]) -> None:
-        """Ready nodes with an idempotency key: reuse a result, wait, or queue (domain rule)."""
-        for node_id in node_ids:
-            node = await self._one("keyed_node", {"id": node_id})
-            if node is None:
-                continue
-            key = node["idempotency_key"]
-            await self._one("lock_key", {"key": key})
-            holders = await self._one("key_holders", {"key": key, "id": node_id})
-            if holders is None:  # pragma: no cover - a SELECT of scalars always has a row
-                continue
-            decision = admit_keyed(
-                key_succeeded=holders["succeeded"] is not None, key_in_flight=holders["in_flight"]
-            )
-            if decision == ReadyKeyed.CACHED:
-                await self._succeed(
-                    self.store._succeed_cached, {"id": node_id, "source": holders["succeeded"]}
-                )
-            elif decision == ReadyKeyed.WAIT:
-                await self._one("wait_keyed", {"id": node_id})
-            else:
-                row = await self._one("queue_keyed", {"id": node_id})
-                if row is not None:
-                    self.queued.append(TaskRef(row["id"], row["attempt"]))
-
-    async def wake_key_waiters(self, key: str) -> None:
-        """A node with this key reached a final state: decide again for those waiting on it."""
-        await self._one("lock_key", {"key": key})
-        waiters = await self.store._all(self.conn, "key_waiters", {"key": key})
-        await self.admit_keyed([w["id"] for w in waiters])
-
-    async def after_failure(self, node: dict[str, Any], outcome: Outcome) -> None:
-        """Apply the state machine's decision for a failed attempt of a locked node."""
-        decision = after_attempt(
-            outcome,
-            node["attempt"] - node["givebacks"],
-            node["retries"] + 1,
-            self.store._node_policy(node),
-            job_cancelled=node["cancelled"],
-            rng=self.store._rng,
-        )
-        if decision.state is NodeState.RETRY_WAIT:
-            await self.conn.execute(
-                self.store._q["node_to_retry_wait"],
-                {
-                    "id": node["id"],
-                    "delay": decision.retry_delay or 0.0,
-                    "given_back": int(decision.given_back),
-                },
-            )
-            return
-        await self.conn.execute(
-            self.store._q["node_to_final"], {"id": node["id"], "state": decision.state}
-        )
-        below: list[dict[str, Any]] = []
-        if decision.state is NodeState.FAILED:
-            below = await self.store._all(self.conn, "cascade_upstream_failed", {"id": node["id"]})
-        await self.count_finished(
-            node["job_id"],
-            finished=1 + len(below),
-            failed=1 if decision.state is NodeState.FAILED else 0,
-        )
-        if node["idempotency_key"] is not None:
-            await self.wake_key_waiters(node["idempotency_key"])
-
-    async def count_finished(self, job: uuid.UUID, *, finished: int, failed: int) -> None:
-        if finished == 0:
-            return
-        row = await self._one(
-            "count_finished", {"job": job, "finished": finished, "failed": failed}
-        )
-        if row is not None and row["nodes_unfinished"] == 0:
-            await self.finish_job(row["id"], cancelled=row["cancelled"], failed=row["nodes_failed"])
-
-    async def finish_job(self, job: uuid.UUID, *, cancelled: bool, failed: int) -> None:
-        status = job_status_when_done(cancelled=cancelled, failed_nodes=failed)
-        done = await self._one("finish_job", {"job": job, "status": status.value})
-        if done is not None:
-            self.finished.append(FinishedJob(str(job), status, done["duration"]))
-
-
-# --- helpers
-def _attempt_view(a: dict[str, Any]) -> AttemptView:
-    return AttemptView(
-        attempt=a["attempt"],
-        worker_id=a["worker_id"],
-        enqueued_at=a["enqueued_at"],
-        claimed_at=a["claimed_at"],
-        started_at=a["started_at"],
-        finished_at=a["finished_at"],
-        exit_code=a["exit_code"],
-        reason=a["reason"],
-        stdout=Output(a["stdout_tail"], a["stdout_bytes"]),
-        stderr=Output(a["stderr_tail"], a["stderr_bytes"]),
-    )
-
-
-def _given_up(node: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
-    """record_attempt parameters for an attempt the scheduler gave up on (no worker report)."""
-    return {
-        "id": node["id"],
-        "attempt": node["attempt"],
-        "started_at": None,
-        "finished_at": None,  # PostgreSQL's clock
-        "exit_code": None,
-        "reason": outcome.value,
-        "stdout_tail": "",
-        "stdout_bytes": 0,
-        "stderr_tail": "",
-        "stderr_bytes": 0,
-    }
-
-
-def _result_params(worker_id: str, r: TaskResult) -> dict[str, Any]:
-    return {
-        "id": r.ref.node,
-        "attempt": r.ref.attempt,
-        "worker": worker_id,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "exit_code": r.exit_code,
-        "stdout_tail": _clean(r.stdout.tail),
-        "stdout_bytes": r.stdout.total_bytes,
-        "stderr_tail": _clean(r.stderr.tail),
-        "stderr_bytes": r.stderr.total_bytes,
-    }
-
-
-def _job_uuid(job_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(job_id)
-    except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"no job {job_id}") from None
-
-
-def _job_view(row: dict[str, Any], counts: dict[str, int], nodes: tuple[NodeView, ...]) -> JobView:
-    return JobView(
-        id=str(row["id"]),
-        name=row["name"],
-        status=JobStatus(row["status"]),
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-        nodes_total=row["nodes_total"],
-        node_counts=dict(sorted(counts.items())),
-        nodes=nodes,
-        cancel_requested=row["cancel_requested_at"] is not None,
-    )
-
-
-def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(job_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(
-            "invalid cursor", [Problem("/cursor", "not a cursor we issued")]
-        ) from exc
+    async def queued_tasks(self, age: float, limit: int) -> list[tuple[TaskRef, datetime]]:
+        rows = await self._all("queued_tasks", {"age": age, "limit": limit})
+        return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
