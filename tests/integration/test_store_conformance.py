@@ -1,0 +1,652 @@
+"""The store interface's conformance suite, run against every backend (PostgreSQL, SQLite):
+fencing, readiness, failures, idempotency keys, sweeps, reads. Nothing here knows which
+backend it talks to; `Backend` opens stores on one database however the backend does it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from minitemporal.domain.model import (
+    Beat,
+    HeartbeatResult,
+    JobSpec,
+    JobStatus,
+    NodeSpec,
+    NodeState,
+    Outcome,
+    Output,
+    RetryPolicy,
+    TaskRef,
+    TaskResult,
+)
+from minitemporal.errors import Conflict, InvalidInput, NotFound
+from minitemporal.store.base import Store
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(base_seconds=0.0, factor=1.0, max_seconds=0.0, jitter=0.0)
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[[], Store]  # a new, unopened store on this test's database
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "postgres":
+        from minitemporal.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("database_url")
+        return Backend("postgres", lambda: PostgresStore(url, retry_policy=FAST, pool_size=4))
+    from minitemporal.store.sqlite import SqliteStore
+
+    path = str(tmp_path / "store.db")
+    return Backend("sqlite", lambda: SqliteStore(path, retry_policy=FAST))
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    s = backend.make()
+    await s.open()
+    yield s
+    await s.close()
+
+
+def spec(*nodes: NodeSpec, name: str = "j") -> JobSpec:
+    return JobSpec(name=name, nodes=nodes)
+
+
+def result(ref: TaskRef, outcome: Outcome = Outcome.SUCCEEDED, code: int | None = 0) -> TaskResult:
+    now = datetime.now(UTC)
+    return TaskResult(ref, outcome, code, now, now, Output("out\n", 4), Output())
+
+
+async def states(store: Store, job_id: str) -> dict[str, NodeState]:
+    job = await store.get_job(job_id)
+    return {n.id: n.state for n in job.nodes}
+
+
+async def test_submit_queues_roots_only(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "true"),
+            NodeSpec("c", "true", depends_on=("a", "b")),
+        )
+    )
+    assert res.created and len(res.queued) == 2
+    assert all(r.attempt == 1 for r in res.queued)
+    assert await states(store, res.job_id) == {
+        "a": NodeState.QUEUED,
+        "b": NodeState.QUEUED,
+        "c": NodeState.PENDING,
+    }
+
+
+async def test_two_workers_claim_one_message_exactly_one_wins(backend: Backend) -> None:
+    stores = [backend.make() for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        res = await stores[0].submit_job(spec(NodeSpec("a", "echo hi")))
+        ref = res.queued[0]
+        for _ in range(20):  # many rounds: a race loses only sometimes
+            won = await asyncio.gather(
+                stores[0].claim("w1", [ref], 30), stores[1].claim("w2", [ref], 30)
+            )
+            assert sum(len(w) for w in won) <= 1
+        claims = [c for c in (await stores[0].claim("w3", [ref], 30)) if c]
+        assert claims == []
+        [node] = (await stores[1].get_job(res.job_id)).nodes
+        assert len(node.attempts) == 1, "one attempt row: exactly one claim won"
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_claim_returns_the_command_and_rejects_stale_attempts(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "echo secret-command", timeout_seconds=5)))
+    ref = res.queued[0]
+    assert await store.claim("w", [TaskRef(ref.node, ref.attempt + 1)], 30) == []
+    [task] = await store.claim("w", [ref], 30)
+    assert task.command == "echo secret-command" and task.timeout_seconds == 5
+    assert task.node_id == "a" and task.job_id == res.job_id
+
+
+async def test_success_queues_children_in_the_same_transaction(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true", depends_on=("a",)),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    [a] = await store.claim("w", res.queued, 30)
+    done = await store.complete("w", [result(a.ref)])
+    assert done.accepted == (True,)
+    assert len(done.queued) == 2
+    b_c = await store.claim("w", done.queued, 30)
+    first = await store.complete("w", [result(b_c[0].ref)])
+    assert first.queued == (), "the join waits for its second parent"
+    second = await store.complete("w", [result(b_c[1].ref)])
+    assert len(second.queued) == 1
+    [d] = await store.claim("w", second.queued, 30)
+    assert d.node_id == "d"
+    final = await store.complete("w", [result(d.ref)])
+    assert [(f.job_id, f.status.value) for f in final.finished_jobs] == [(res.job_id, "succeeded")]
+    job = await store.get_job(res.job_id)
+    assert job.status.value == "succeeded" and job.finished_at is not None
+
+
+async def test_stale_or_foreign_results_change_nothing(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true")))
+    [a] = await store.claim("w1", res.queued, 30)
+    assert (await store.complete("w2", [result(a.ref)])).accepted == (False,), "not w2's attempt"
+    stale = TaskRef(a.ref.node, a.ref.attempt + 5)
+    assert (await store.complete("w1", [result(stale)])).accepted == (False,)
+    assert await states(store, res.job_id) == {"a": NodeState.RUNNING}
+    assert (await store.complete("w1", [result(a.ref)])).accepted == (True,)
+    assert (await store.complete("w1", [result(a.ref)])).accepted == (False,), "only once"
+
+
+async def test_failure_without_retries_fails_everything_downstream(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "false"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true", depends_on=("b",)),
+            NodeSpec("x", "true"),
+        )
+    )
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued, 30)}
+    out = await store.complete("w", [result(claimed["a"].ref, Outcome.EXIT_CODE, 1)])
+    assert out.accepted == (True,) and out.queued == () and out.finished_jobs == ()
+    assert await states(store, res.job_id) == {
+        "a": NodeState.FAILED,
+        "b": NodeState.UPSTREAM_FAILED,
+        "c": NodeState.UPSTREAM_FAILED,
+        "x": NodeState.RUNNING,
+    }
+    final = await store.complete("w", [result(claimed["x"].ref)])
+    assert [f.status.value for f in final.finished_jobs] == ["failed"]
+
+
+async def test_retry_then_requeue_with_the_next_attempt(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "false", retries=1)))
+    [a] = await store.claim("w", res.queued, 30)
+    await store.complete("w", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    assert await states(store, res.job_id) == {"a": NodeState.RETRY_WAIT}
+    requeued = await store.requeue_due_retries()
+    assert requeued == [TaskRef(a.ref.node, 2)]
+    assert await store.claim("w", [a.ref], 30) == [], "the old attempt is fenced off"
+    [again] = await store.claim("w", requeued, 30)
+    await store.complete("w", [result(again.ref, Outcome.EXIT_CODE, 1)])
+    job = await store.get_job(res.job_id)
+    assert job.status.value == "failed"
+    assert [a.reason for a in job.nodes[0].attempts] == ["exit_code", "exit_code"]
+
+
+async def test_expired_lease_is_lost_then_retried(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 5", retries=1)))
+    [a] = await store.claim("w", res.queued, 0.6)
+    assert (await store.heartbeat("w", [Beat(a.ref)], 0.6)).lost == ()
+    await asyncio.sleep(0.7)
+    swept = await store.expire_leases()
+    assert swept.lost == (a.ref,) and swept.timed_out == ()
+    hb = await store.heartbeat("w", [Beat(a.ref)], 30)
+    assert hb.lost == (a.ref,), "the worker is told to stop it"
+    assert (await store.complete("w", [result(a.ref)])).accepted == (False,)
+    assert await store.requeue_due_retries() == [TaskRef(a.ref.node, 2)]
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].reason == "lost"
+
+
+async def test_cancel(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "sleep 9"),
+            NodeSpec("b", "true", depends_on=("a",)),
+            NodeSpec("c", "true"),
+        )
+    )
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued[:1], 30)}
+    cancelled = await store.cancel_job(res.job_id)
+    assert cancelled.job.status.value == "running" and cancelled.job.cancel_requested
+    assert len(cancelled.withdrawn) == 1, "c was queued"
+    hb = await store.heartbeat("w", [Beat(claimed["a"].ref)], 30)
+    assert hb.cancel == (claimed["a"].ref,)
+    out = await store.complete("w", [result(claimed["a"].ref, Outcome.CANCELLED, -15)])
+    assert [f.status.value for f in out.finished_jobs] == ["cancelled"]
+    assert await states(store, res.job_id) == {
+        "a": NodeState.CANCELLED,
+        "b": NodeState.CANCELLED,
+        "c": NodeState.CANCELLED,
+    }
+    with pytest.raises(Conflict):
+        await store.cancel_job(res.job_id)
+    with pytest.raises(NotFound):
+        await store.cancel_job("00000000-0000-0000-0000-000000000000")
+
+
+async def test_idempotency_key_on_submission(store: Store) -> None:
+    first = await store.submit_job(
+        spec(NodeSpec("a", "true")), idempotency_key="k", request_digest="d1"
+    )
+    again = await store.submit_job(
+        spec(NodeSpec("a", "true")), idempotency_key="k", request_digest="d1"
+    )
+    assert again.job_id == first.job_id and not again.created and again.queued == ()
+    with pytest.raises(Conflict):
+        await store.submit_job(
+            spec(NodeSpec("a", "false")), idempotency_key="k", request_digest="d2"
+        )
+
+
+async def test_queued_tasks_and_nul_output(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    queued = await store.queued_tasks()
+    assert [ref for ref, _ in queued] == list(res.queued)
+    assert await store.queued_tasks(min_age_seconds=3600) == []
+    [a, _b] = await store.claim("w", res.queued, 30)
+    now = datetime.now(UTC)
+    out = await store.complete(
+        "w", [TaskResult(a.ref, Outcome.SUCCEEDED, 0, now, now, Output("a\x00b", 3))]
+    )
+    assert out.accepted == (True,)
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].stdout.tail == "a\ufffdb"
+
+
+async def test_schema_applies_twice_concurrently(backend: Backend) -> None:
+    stores = [backend.make() for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    for s in stores:
+        await s.close()
+    await asyncio.gather(*(s.open() for s in stores))  # again, on an existing schema
+    res = await stores[0].submit_job(spec(NodeSpec("a", "true")))
+    assert (await stores[2].get_job(res.job_id)).nodes[0].state is NodeState.QUEUED
+    for s in stores:
+        await s.close()
+
+
+async def test_overdue_attempt_times_out_even_while_heartbeating(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 60", timeout_seconds=0.3)))
+    [a] = await store.claim("w", res.queued, 0.4)  # deadline = timeout + one lease = 0.7 s
+    for _ in range(4):
+        await asyncio.sleep(0.25)
+        await store.heartbeat("w", [Beat(a.ref)], 0.4)  # keeps the lease, not the deadline
+    swept = await store.expire_leases()
+    assert swept.timed_out == (a.ref,) and swept.lost == ()
+    assert [f.status.value for f in swept.finished_jobs] == ["failed"]
+    job = await store.get_job(res.job_id)
+    assert job.nodes[0].attempts[0].reason == "timeout"
+
+
+async def test_given_back_attempts_do_not_use_up_retries(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true", retries=0)))
+    ref = res.queued[0]
+    for _ in range(3):  # three workers shut down in a row, each giving the attempt back
+        [task] = await store.claim("w", [ref], 30)
+        out = await store.complete("w", [result(task.ref, Outcome.INTERRUPTED, None)])
+        assert out.accepted == (True,)
+        [ref] = await store.requeue_due_retries()
+    [task] = await store.claim("w", [ref], 30)
+    assert task.ref.attempt == 4
+    final = await store.complete("w", [result(task.ref)])
+    assert [f.status.value for f in final.finished_jobs] == ["succeeded"]
+    job = await store.get_job(res.job_id)
+    assert [a.reason for a in job.nodes[0].attempts] == ["interrupted"] * 3 + ["succeeded"]
+
+
+async def run_all(store: Store, refs: tuple[TaskRef, ...] | list[TaskRef]) -> list[str]:
+    """Claim and succeed everything that becomes ready; return node ids in run order."""
+    ran: list[str] = []
+    todo = list(refs)
+    while todo:
+        tasks = await store.claim("w", todo, 30)
+        todo = []
+        for t in tasks:
+            ran.append(t.node_id)
+            todo.extend((await store.complete("w", [result(t.ref)])).queued)
+    return ran
+
+
+async def test_idempotency_key_reuses_a_result_across_jobs(store: Store) -> None:
+    first = await store.submit_job(
+        spec(
+            NodeSpec("a", "echo A", idempotency_key="k-a"),
+            NodeSpec("b", "echo B", depends_on=("a",), idempotency_key="k-b"),
+        )
+    )
+    assert await run_all(store, first.queued) == ["a", "b"]
+    again = await store.submit_job(
+        spec(
+            NodeSpec("x", "echo A", idempotency_key="k-a"),
+            NodeSpec("y", "echo new", depends_on=("x",)),
+            NodeSpec("z", "echo B", depends_on=("y",), idempotency_key="k-b"),
+        )
+    )
+    assert [await run_all(store, again.queued)] == [["y"]], "x and z come from the cache"
+    job = await store.get_job(again.job_id)
+    nodes = {n.id: n for n in job.nodes}
+    assert job.status.value == "succeeded"
+    assert nodes["x"].cached and nodes["z"].cached and not nodes["y"].cached
+    assert nodes["x"].attempts == (), "it did not run"
+    reused = nodes["x"].cached_result
+    assert reused is not None and reused.stdout.tail == "out\n", "the recorded result is shown"
+    assert nodes["x"].exit_code == 0
+    assert "idempotency key" in nodes["x"].explanation
+
+
+async def test_one_key_never_runs_twice_at_once(store: Store) -> None:
+    j1 = await store.submit_job(spec(NodeSpec("a", "false", idempotency_key="shared", retries=0)))
+    j2 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="shared")))
+    assert len(j1.queued) == 1 and j2.queued == (), "the second waits for the first"
+    waiting = (await store.get_job(j2.job_id)).nodes[0]
+    assert waiting.state is NodeState.PENDING and "idempotency key" in waiting.explanation
+    [t1] = await store.claim("w", j1.queued, 30)
+    out = await store.complete("w", [result(t1.ref, Outcome.EXIT_CODE, 1)])
+    assert len(out.queued) == 1, "the first failed: the second may run now"
+    assert await run_all(store, out.queued) == ["a"]
+    assert (await store.get_job(j2.job_id)).status.value == "succeeded"
+    j3 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="shared")))
+    assert j3.queued == () and (await store.get_job(j3.job_id)).nodes[0].cached
+
+
+async def test_a_waiter_is_completed_from_its_twins_success(store: Store) -> None:
+    j1 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="twin")))
+    j2 = await store.submit_job(
+        spec(
+            NodeSpec("a", "true", idempotency_key="twin"), NodeSpec("b", "true", depends_on=("a",))
+        )
+    )
+    [t1] = await store.claim("w", j1.queued, 30)
+    out = await store.complete("w", [result(t1.ref)])
+    assert len(out.queued) == 1, "j2.a is cached, so j2.b is ready"
+    assert await run_all(store, out.queued) == ["b"]
+    assert (await store.get_job(j2.job_id)).status.value == "succeeded"
+
+
+async def test_stats(store: Store) -> None:
+    assert (await store.stats(worker_window_seconds=10)).queued == 0
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    [a] = await store.claim("w1", res.queued[:1], 30)
+    await store.heartbeat("w1", [Beat(a.ref)], 30)
+    await asyncio.sleep(0.05)
+    stats = await store.stats(worker_window_seconds=10)
+    assert (stats.queued, stats.running, stats.jobs_active, stats.workers_alive) == (1, 1, 1, 1)
+    assert 0.04 < stats.oldest_queued_age_seconds < 10
+
+
+# --- cases added with the second backend
+
+
+async def test_times_are_utc_aware_and_round_trip_exactly(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true")))
+    [a] = await store.claim("w", res.queued, 30)
+    started = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    await store.heartbeat("w", [Beat(a.ref, started)], 30)
+    finished = started + timedelta(seconds=1, microseconds=1)
+    out = await store.complete(
+        "w", [TaskResult(a.ref, Outcome.SUCCEEDED, 0, None, finished, Output("héllo ✓\n", 10))]
+    )
+    [enqueued_at] = out.enqueued_at
+    assert enqueued_at is not None and enqueued_at.utcoffset() == timedelta(0)
+    job = await store.get_job(res.job_id)
+    [node] = job.nodes
+    [attempt] = node.attempts
+    assert attempt.started_at == started, "the worker's start time, to the microsecond"
+    assert attempt.finished_at == node.finished_at == finished
+    assert attempt.stdout == Output("héllo ✓\n", 10)
+    for t in (job.created_at, job.finished_at, node.enqueued_at, attempt.claimed_at):
+        assert t is not None and t.utcoffset() == timedelta(0)
+    assert node.enqueued_at == attempt.enqueued_at == enqueued_at
+    assert job.created_at <= node.enqueued_at <= attempt.claimed_at  # type: ignore[operator]
+    assert abs(datetime.now(UTC) - job.created_at) < timedelta(minutes=1), "UTC, not local time"
+
+
+async def test_unknown_and_malformed_job_ids_are_not_found(store: Store) -> None:
+    for job_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid", ""):
+        with pytest.raises(NotFound):
+            await store.get_job(job_id)
+        with pytest.raises(NotFound):
+            await store.cancel_job(job_id)
+
+
+async def test_list_jobs_pages_newest_first_and_filters(store: Store) -> None:
+    ids = []
+    for i in range(5):
+        res = await store.submit_job(spec(NodeSpec("a", "true"), name=f"j{i}"))
+        ids.append(res.job_id)
+        if i % 2 == 0:
+            await run_all(store, res.queued)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_jobs(limit=2, cursor=cursor)
+        seen.extend(j.id for j in page.jobs)
+        assert len(page.jobs) <= 2
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ids[::-1]
+    done = await store.list_jobs(limit=10, status=JobStatus.SUCCEEDED)
+    assert [j.id for j in done.jobs] == [ids[4], ids[2], ids[0]]
+    assert all(j.node_counts == {"succeeded": 1} for j in done.jobs)
+    running = await store.list_jobs(limit=10, status=JobStatus.RUNNING)
+    assert [j.id for j in running.jobs] == [ids[3], ids[1]] and running.next_cursor is None
+    with pytest.raises(InvalidInput):
+        await store.list_jobs(limit=2, cursor="garbage!")
+
+
+async def test_heartbeat_extends_the_lease(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 5")))
+    [a] = await store.claim("w", res.queued, 0.6)
+    assert await store.heartbeat("w", [Beat(a.ref)], 30) == HeartbeatResult()
+    await asyncio.sleep(0.7)
+    swept = await store.expire_leases()
+    assert swept.lost == () and swept.timed_out == ()
+    assert (await store.heartbeat("other", [Beat(a.ref)], 30)).lost == (a.ref,), "not yours"
+
+
+async def test_lost_attempt_without_retries_fails_the_job(store: Store) -> None:
+    res = await store.submit_job(
+        spec(NodeSpec("a", "sleep 9"), NodeSpec("b", "true", depends_on=("a",)))
+    )
+    [a] = await store.claim("w", res.queued, 0.6)
+    await asyncio.sleep(0.7)
+    swept = await store.expire_leases()
+    assert swept.lost == (a.ref,) and swept.queued == ()
+    assert [(f.job_id, f.status) for f in swept.finished_jobs] == [(res.job_id, JobStatus.FAILED)]
+    assert swept.finished_jobs[0].duration_seconds > 0
+    job = await store.get_job(res.job_id)
+    nodes = {n.id: n for n in job.nodes}
+    assert nodes["a"].state is NodeState.FAILED and "lost its worker (w)" in nodes["a"].explanation
+    assert nodes["b"].state is NodeState.UPSTREAM_FAILED
+    assert job.node_counts == {"failed": 1, "upstream_failed": 1}
+
+
+async def test_cancel_a_job_backing_off(store: Store) -> None:
+    slow = RetryPolicy(base_seconds=3600, factor=1.0, max_seconds=3600)
+    res = await store.submit_job(spec(NodeSpec("a", "false", retries=3, backoff=slow)))
+    [a] = await store.claim("w", res.queued, 30)
+    await store.complete("w", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    cancelled = await store.cancel_job(res.job_id)
+    assert cancelled.withdrawn == () and cancelled.job.status is JobStatus.CANCELLED
+    assert [f.status for f in cancelled.finished_jobs] == [JobStatus.CANCELLED]
+    node = (await store.get_job(res.job_id)).nodes[0]
+    assert node.state is NodeState.CANCELLED and node.next_attempt_at is None
+    assert await store.requeue_due_retries() == []
+
+
+async def test_cancelling_a_key_holder_releases_its_waiters(store: Store) -> None:
+    j1 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="held")))
+    j2 = await store.submit_job(spec(NodeSpec("a", "true", idempotency_key="held")))
+    assert len(j1.queued) == 1 and j2.queued == ()
+    cancelled = await store.cancel_job(j1.job_id)
+    assert cancelled.withdrawn == j1.queued
+    assert len(cancelled.queued) == 1, "j2's node may run now"
+    assert await run_all(store, cancelled.queued) == ["a"]
+    assert (await store.get_job(j2.job_id)).status is JobStatus.SUCCEEDED
+    with pytest.raises(Conflict):
+        await store.cancel_job(j2.job_id)
+
+
+async def test_a_second_cancel_while_running_is_idempotent(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "sleep 9")))
+    await store.claim("w", res.queued, 30)
+    first = await store.cancel_job(res.job_id)
+    second = await store.cancel_job(res.job_id)
+    assert first.job.cancel_requested and second.job.cancel_requested
+    assert second.withdrawn == () and second.finished_jobs == ()
+    assert second.job.status is JobStatus.RUNNING, "the running attempt ends through heartbeats"
+
+
+async def test_explanations(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "false"),
+            NodeSpec("b", "true"),
+            NodeSpec("c", "true", depends_on=("a",)),
+            NodeSpec("r", "false", retries=2),
+        )
+    )
+    views = {n.id: n for n in (await store.get_job(res.job_id)).nodes}
+    assert views["a"].explanation == "queued (attempt 1 of 1), waiting behind 0 queued attempt(s)"
+    assert views["b"].explanation.endswith("behind 1 queued attempt(s)")
+    assert views["c"].explanation == "waiting for a"
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued, 30)}
+    views = {n.id: n for n in (await store.get_job(res.job_id)).nodes}
+    assert views["a"].explanation == "running attempt 1 of 1 on w"
+    assert views["a"].worker_id == "w"
+    await store.complete(
+        "w",
+        [
+            result(claimed["a"].ref, Outcome.EXIT_CODE, 1),
+            result(claimed["r"].ref, Outcome.EXIT_CODE, 2),
+        ],
+    )
+    views = {n.id: n for n in (await store.get_job(res.job_id)).nodes}
+    assert views["a"].explanation == "failed: attempt 1 of 1 exit code 1"
+    assert views["c"].explanation == "not run: upstream a failed"
+    assert views["r"].explanation.startswith("attempt 1 of 3 exit code 2; backing off until ")
+
+
+async def test_per_node_backoff_overrides_the_global_policy(store: Store) -> None:
+    hour = RetryPolicy(base_seconds=3600, factor=2.0, max_seconds=3600)
+    res = await store.submit_job(
+        spec(
+            NodeSpec("slow", "false", retries=1, backoff=hour), NodeSpec("fast", "false", retries=1)
+        )
+    )
+    claimed = await store.claim("w", res.queued, 30)
+    before = datetime.now(UTC)
+    await store.complete("w", [result(t.ref, Outcome.EXIT_CODE, 1) for t in claimed])
+    views = {n.id: n for n in (await store.get_job(res.job_id)).nodes}
+    wait = views["slow"].next_attempt_at
+    assert wait is not None and timedelta(minutes=59) < wait - before < timedelta(minutes=61)
+    requeued = await store.requeue_due_retries()
+    assert [r.node for r in requeued] == [next(t.ref.node for t in claimed if t.node_id == "fast")]
+
+
+async def test_state_survives_reopening(backend: Backend) -> None:
+    first = backend.make()
+    await first.open()
+    res = await first.submit_job(
+        spec(NodeSpec("a", "true"), NodeSpec("b", "true", depends_on=("a",)))
+    )
+    [a] = await first.claim("w", res.queued, 30)
+    await first.complete("w", [result(a.ref)])
+    await first.close()
+    second = backend.make()
+    await second.open()
+    try:
+        job = await second.get_job(res.job_id)
+        assert {n.id: n.state for n in job.nodes} == {
+            "a": NodeState.SUCCEEDED,
+            "b": NodeState.QUEUED,
+        }
+        [(ref, _)] = await second.queued_tasks()
+        assert await run_all(second, [ref]) == ["b"]
+        assert (await second.get_job(res.job_id)).status is JobStatus.SUCCEEDED
+    finally:
+        await second.close()
+
+
+async def test_concurrent_operations_each_commit_or_fail_alone(store: Store) -> None:
+    same_key = [
+        store.submit_job(spec(NodeSpec("a", cmd)), idempotency_key="k", request_digest=cmd)
+        for cmd in ("true", "false")
+    ]
+    plain = [store.submit_job(spec(NodeSpec("a", "true"), name=f"p{i}")) for i in range(40)]
+    outcomes = await asyncio.gather(*same_key, *plain, return_exceptions=True)
+    conflicts = [o for o in outcomes if isinstance(o, Conflict)]
+    assert len(conflicts) == 1, outcomes[:2]
+    created = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(created) == 41 and len({o.job_id for o in created}) == 41
+    listed = await store.list_jobs(limit=100)
+    assert len(listed.jobs) == 41, "the refused submission left nothing behind"
+    refs = [r for o in created for r in o.queued]
+    claims = await asyncio.gather(*(store.claim(f"w{i % 3}", [r], 30) for i, r in enumerate(refs)))
+    assert sum(len(c) for c in claims) == 41
+
+
+async def test_a_report_batch_is_judged_result_by_result(store: Store) -> None:
+    res = await store.submit_job(
+        spec(NodeSpec("ok", "true"), NodeSpec("bad", "false"), NodeSpec("gone", "true"))
+    )
+    claimed = {t.node_id: t for t in await store.claim("w", res.queued, 30)}
+    stale = TaskRef(claimed["gone"].ref.node, 9)
+    out = await store.complete(
+        "w",
+        [
+            result(claimed["ok"].ref),
+            result(claimed["bad"].ref, Outcome.EXIT_CODE, 1),
+            result(stale),
+        ],
+    )
+    assert out.accepted == (True, True, False)
+    assert await states(store, res.job_id) == {
+        "ok": NodeState.SUCCEEDED,
+        "bad": NodeState.FAILED,
+        "gone": NodeState.RUNNING,
+    }
+
+
+async def test_a_large_layered_dag_runs_in_dependency_order(store: Store) -> None:
+    width, depth = 40, 8
+    nodes = [
+        NodeSpec(
+            f"n{layer}_{i}",
+            "true",
+            depends_on=tuple(f"n{layer - 1}_{j}" for j in {i, (i + 1) % width}) if layer else (),
+        )
+        for layer in range(depth)
+        for i in range(width)
+    ]
+    res = await store.submit_job(spec(*nodes))
+    assert len(res.queued) == width
+    ran = await run_all(store, res.queued)
+    assert sorted(ran) == sorted(n.id for n in nodes), "each node ran exactly once"
+    position = {node_id: i for i, node_id in enumerate(ran)}
+    for n in nodes:
+        assert all(position[d] < position[n.id] for d in n.depends_on)
+    job = await store.get_job(res.job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.node_counts == {"succeeded": width * depth}
+
+
+async def test_workers_alive_counts_recent_heartbeats(store: Store) -> None:
+    await store.heartbeat("w1", [], 30)
+    await store.heartbeat("w2", [], 30)
+    assert (await store.stats(worker_window_seconds=10)).workers_alive == 2
+    await asyncio.sleep(0.2)
+    await store.heartbeat("w2", [], 30)
+    assert (await store.stats(worker_window_seconds=0.1)).workers_alive == 1
