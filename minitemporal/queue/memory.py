@@ -1,4 +1,4 @@
-"""In-process backend for the embedded mode: a heap and a condition, same contract as Redis."""
+"""In-process backend for the embedded mode: a heap and an event, same contract as Redis."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from minitemporal.queue.base import TaskQueue
 class MemoryQueue(TaskQueue):
     def __init__(self) -> None:
         self._heap: list[tuple[float, TaskRef]] = []
-        self._members: set[TaskRef] = set()
-        self._changed = anyio.Event()
+        # The members and their scores. A heap entry whose member was removed, or pushed again
+        # with another score, no longer matches this and is skipped when it surfaces.
+        self._members: dict[TaskRef, float] = {}
+        self._changed: anyio.Event | None = None  # shared by every waiting pop
         self._epoch_claimed = False
 
     async def open(self) -> None:
@@ -31,19 +33,19 @@ class MemoryQueue(TaskQueue):
         added = 0
         for ref, score in items:
             if ref not in self._members:
-                self._members.add(ref)
+                self._members[ref] = score
                 heapq.heappush(self._heap, (score, ref))
                 added += 1
-        if added:
+        if added and self._changed is not None:
             self._changed.set()
         return added
 
     def _take(self, max_items: int) -> list[TaskRef]:
         out: list[TaskRef] = []
         while self._heap and len(out) < max_items:
-            _, ref = heapq.heappop(self._heap)
-            if ref in self._members:  # removed refs stay in the heap until popped
-                self._members.discard(ref)
+            score, ref = heapq.heappop(self._heap)
+            if self._members.get(ref) == score:
+                del self._members[ref]
                 out.append(ref)
         return out
 
@@ -53,16 +55,21 @@ class MemoryQueue(TaskQueue):
                 taken = self._take(max_items)
                 if taken:
                     return taken
-                self._changed = anyio.Event()
+                # Every waiter waits on the same event, so one push wakes them all: a fresh
+                # event per waiter would leave the earlier ones asleep beside a full queue.
+                if self._changed is None or self._changed.is_set():
+                    self._changed = anyio.Event()
                 await self._changed.wait()
         return []
 
     async def remove(self, refs: Sequence[TaskRef]) -> None:
-        self._members.difference_update(refs)
+        for ref in refs:
+            self._members.pop(ref, None)
 
     async def depth(self) -> int:
         return len(self._members)
 
     async def claim_epoch(self) -> bool:
+        """True once: the contents of an in-process queue are lost only with the process."""
         first, self._epoch_claimed = not self._epoch_claimed, True
         return first

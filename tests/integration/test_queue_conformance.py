@@ -1,28 +1,76 @@
-"""The Redis queue against a real server."""
+"""The queue interface's conformance suite, run against every backend (Redis, in-process).
+
+What only one backend can suffer is simulated through `QueueBackend`: losing the contents
+(FLUSHALL or a restart of Redis; a restart of the process for the in-process queue) and junk
+written behind the queue's back (Redis is shared; an in-process heap only ever holds refs).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 import pytest
 import redis
 
 from minitemporal.domain.model import TaskRef
+from minitemporal.queue.base import TaskQueue
+from minitemporal.queue.memory import MemoryQueue
 from minitemporal.queue.redis import RedisQueue
 
 pytestmark = pytest.mark.anyio
 
 
+@dataclass
+class QueueBackend:
+    queue: TaskQueue
+    lose_contents: Callable[[], Awaitable[TaskQueue]]  # returns the queue to use afterwards
+    write_junk: Callable[[dict[str, float]], None]
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[QueueBackend]:
+    if request.param == "memory":
+        queue = MemoryQueue()
+        await queue.open()
+
+        async def restart() -> TaskQueue:
+            await queue.close()
+            fresh = MemoryQueue()
+            await fresh.open()
+            return fresh
+
+        yield QueueBackend(queue, restart, lambda members: None)
+        await queue.close()
+        return
+    url = request.getfixturevalue("redis_server_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    rqueue = RedisQueue(url, prefix=prefix)
+    await rqueue.open()
+
+    async def flush() -> TaskQueue:
+        client = redis.Redis.from_url(url)
+        client.delete(f"{prefix}:ready", f"{prefix}:epoch")  # what FLUSHALL does to our keys
+        client.close()
+        return rqueue
+
+    def junk(members: dict[str, float]) -> None:
+        client = redis.Redis.from_url(url)
+        client.zadd(f"{prefix}:ready", members)
+        client.close()
+
+    yield QueueBackend(rqueue, flush, junk)
+    await rqueue.close()
+
+
 @pytest.fixture
-async def queue(redis_server_url: str, redis_prefix: str) -> AsyncIterator[RedisQueue]:
-    q = RedisQueue(redis_server_url, prefix=redis_prefix)
-    await q.open()
-    yield q
-    await q.close()
+def queue(backend: QueueBackend) -> TaskQueue:
+    return backend.queue
 
 
-async def test_push_is_idempotent_and_pop_is_ordered(queue: RedisQueue) -> None:
+async def test_push_is_idempotent_and_pop_is_ordered(queue: TaskQueue) -> None:
     refs = [TaskRef(i, 1) for i in range(5)]
     assert await queue.push([(r, float(10 - i)) for i, r in enumerate(refs)]) == 5
     assert await queue.push([(refs[0], 0.0)]) == 0, "already there: keeps its place"
@@ -32,7 +80,7 @@ async def test_push_is_idempotent_and_pop_is_ordered(queue: RedisQueue) -> None:
     assert await queue.pop(1, 0.1) == []
 
 
-async def test_blocking_pop_wakes_on_push(queue: RedisQueue) -> None:
+async def test_blocking_pop_wakes_on_push(queue: TaskQueue) -> None:
     got: list[TaskRef] = []
 
     async def consumer() -> None:
@@ -45,23 +93,73 @@ async def test_blocking_pop_wakes_on_push(queue: RedisQueue) -> None:
     assert got == [TaskRef(7, 2)]
 
 
-async def test_remove_and_junk_members(
-    queue: RedisQueue, redis_server_url: str, redis_prefix: str
-) -> None:
+async def test_remove_and_junk_members(backend: QueueBackend, queue: TaskQueue) -> None:
     await queue.push([(TaskRef(1, 1), 1.0), (TaskRef(2, 1), 2.0)])
     await queue.remove([TaskRef(1, 1)])
-    client = redis.Redis.from_url(redis_server_url)
-    client.zadd(f"{redis_prefix}:ready", {"rm -rf /": 0.5, "3:x": 0.6})
-    client.close()
+    backend.write_junk({"rm -rf /": 0.5, "3:x": 0.6})
     assert await queue.pop(10, 1.0) == [TaskRef(2, 1)], "junk is dropped, never run"
 
 
-async def test_epoch_marker_detects_a_flush(
-    queue: RedisQueue, redis_server_url: str, redis_prefix: str
-) -> None:
+async def test_epoch_marker_detects_a_flush(backend: QueueBackend, queue: TaskQueue) -> None:
     assert await queue.claim_epoch() is True, "first start: rebuild"
     assert await queue.claim_epoch() is False
-    client = redis.Redis.from_url(redis_server_url)
-    client.delete(f"{redis_prefix}:epoch")  # what FLUSHALL does to our keys
-    client.close()
+    await queue.push([(TaskRef(1, 1), 1.0)])
+    queue = await backend.lose_contents()
     assert await queue.claim_epoch() is True
+    assert await queue.claim_epoch() is False
+    assert await queue.depth() == 0
+    assert await queue.push([(TaskRef(1, 1), 1.0)]) == 1, "rebuilt by pushing again"
+
+
+# --- cases added with the second backend
+
+
+async def test_push_nothing_and_remove_nothing(queue: TaskQueue) -> None:
+    assert await queue.push([]) == 0
+    await queue.remove([])
+    await queue.remove([TaskRef(99, 1)])  # not there: no error
+    assert await queue.depth() == 0
+
+
+async def test_depth_follows_push_remove_and_pop(queue: TaskQueue) -> None:
+    await queue.push([(TaskRef(i, 1), float(i)) for i in range(3)])
+    await queue.remove([TaskRef(0, 1)])
+    assert await queue.depth() == 2
+    assert await queue.pop(1, 1.0) == [TaskRef(1, 1)]
+    assert await queue.depth() == 1
+    assert await queue.push([(TaskRef(1, 1), 5.0)]) == 1, "a popped ref may come back"
+
+
+async def test_a_ref_pushed_again_after_removal_takes_its_new_place(queue: TaskQueue) -> None:
+    await queue.push([(TaskRef(1, 1), 1.0), (TaskRef(2, 1), 2.0)])
+    await queue.remove([TaskRef(1, 1)])
+    assert await queue.push([(TaskRef(1, 1), 3.0)]) == 1
+    assert await queue.pop(10, 1.0) == [TaskRef(2, 1), TaskRef(1, 1)]
+    assert await queue.depth() == 0
+
+
+async def test_attempts_of_one_node_are_distinct_members(queue: TaskQueue) -> None:
+    assert await queue.push([(TaskRef(5, 1), 1.0), (TaskRef(5, 2), 2.0)]) == 2
+    assert await queue.pop(10, 1.0) == [TaskRef(5, 1), TaskRef(5, 2)]
+
+
+async def test_one_push_wakes_every_waiting_consumer(queue: TaskQueue) -> None:
+    got: dict[int, tuple[list[TaskRef], float]] = {}
+
+    async def consumer(name: int) -> None:
+        start = time.monotonic()
+        got[name] = (await queue.pop(1, 5.0), time.monotonic() - start)
+
+    async with anyio.create_task_group() as tg:
+        for name in range(2):
+            tg.start_soon(consumer, name)
+        await anyio.sleep(0.2)
+        await queue.push([(TaskRef(1, 1), 1.0), (TaskRef(2, 1), 2.0)])
+    assert sorted(ref for refs, _ in got.values() for ref in refs) == [TaskRef(1, 1), TaskRef(2, 1)]
+    assert all(waited < 2.0 for _, waited in got.values()), got
+
+
+async def test_pop_waits_no_longer_than_its_timeout(queue: TaskQueue) -> None:
+    start = time.monotonic()
+    assert await queue.pop(5, 0.3) == []
+    assert 0.2 < time.monotonic() - start < 2.0
