@@ -298,7 +298,8 @@ class Worker:
         for h in self._held.values():
             if not h.finished:
                 log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
-                h.execution.stop(Outcome.LOST)
+                # INTERRUPTED, not LOST: a give-back is retried without using up a retry.
+                h.execution.stop(Outcome.INTERRUPTED)
 
     def _fields(self, h: _Held) -> dict[str, object]:
         t = h.task
