@@ -76,16 +76,24 @@ def build_queue(settings: Settings) -> TaskQueue:
 def check_roles(settings: Settings) -> None:
     """Refuse, in one line, a role set that cannot work with the configured backends."""
     roles = settings.role_set
-    embedded_queue = settings.redis_url is None
-    if (
-        embedded_queue
-        and roles != {"api", "scheduler", "worker"}
-        and roles & {"scheduler", "worker"}
-    ):
+    if settings.redis_url is None and len(roles & {"scheduler", "worker"}) == 1:
         raise ConfigurationError(
             f"--roles {settings.roles} needs MINITEMPORAL_REDIS_URL: the in-process queue only "
             "works when scheduler and worker share a process (--roles all)"
         )
+
+
+def embedded_parts(settings: Settings) -> list[tuple[str, str]]:
+    """What a scheduler of these settings runs embedded, with the setting that replaces it."""
+    parts = []
+    url = settings.database_url
+    if url is None or url.startswith("sqlite:"):
+        from minitemporal.store.sqlite import describe, sqlite_path
+
+        parts.append((describe(sqlite_path(url)), "MINITEMPORAL_DATABASE_URL=postgresql://..."))
+    if settings.redis_url is None:
+        parts.append(("in-process queue", "MINITEMPORAL_REDIS_URL=redis://..."))
+    return parts
 
 
 class Runtime:
@@ -156,13 +164,13 @@ class Runtime:
         log.info("stopped")
 
     def _banner(self) -> None:
-        s = self.settings
-        if "scheduler" in self.roles and (s.database_url is None or s.redis_url is None):
-            store = "SQLite file" if s.database_url is None else "PostgreSQL"
-            queue = "an in-process queue" if s.redis_url is None else "Redis"
+        """One line, before anything starts, when this process runs anything embedded."""
+        parts = embedded_parts(self.settings) if "scheduler" in self.roles else []
+        if parts:
             print(
-                f"minitemporal: embedded mode ({store}, {queue}). For production set "
-                "MINITEMPORAL_DATABASE_URL=postgresql://... and MINITEMPORAL_REDIS_URL=redis://...",
+                f"minitemporal: embedded mode ({', '.join(what for what, _ in parts)}): one "
+                "process, nothing else to run. For production set "
+                + " and ".join(setting for _, setting in parts),
                 flush=True,
             )
 

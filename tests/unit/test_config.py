@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -85,6 +87,28 @@ def test_role_sets_needing_redis_are_refused() -> None:
         check_roles(Settings(roles="worker"))
     with pytest.raises(ConfigurationError, match="MINITEMPORAL_REDIS_URL"):
         check_roles(Settings(roles="scheduler"))
+    with pytest.raises(ConfigurationError, match="MINITEMPORAL_REDIS_URL"):
+        check_roles(Settings(roles="api,worker"))
+    check_roles(Settings(roles="scheduler,worker"))  # they share the in-process queue
     check_roles(Settings(roles="all"))
     check_roles(Settings(roles="api"))
     check_roles(Settings(roles="worker", redis_url="redis://x"))
+
+
+def test_banner_names_what_runs_embedded(tmp_path: Path) -> None:
+    from minitemporal.app import embedded_parts
+
+    assert [w for w, _ in embedded_parts(Settings())] == [
+        "SQLite file ./minitemporal.db",
+        "in-process queue",
+    ]
+    memory = embedded_parts(Settings(database_url="sqlite://", redis_url="redis://x"))
+    assert memory == [
+        ("SQLite in memory, gone at exit", "MINITEMPORAL_DATABASE_URL=postgresql://...")
+    ]
+    db = tmp_path / "x.db"
+    assert embedded_parts(Settings(database_url=f"sqlite:///{db}"))[0][0] == f"SQLite file {db}"
+    assert [s for _, s in embedded_parts(Settings(database_url="postgresql://h/db"))] == [
+        "MINITEMPORAL_REDIS_URL=redis://..."
+    ]
+    assert embedded_parts(Settings(database_url="postgresql://h/db", redis_url="redis://x")) == []

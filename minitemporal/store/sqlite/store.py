@@ -119,6 +119,14 @@ def sqlite_path(url: str | None) -> str:
     return path
 
 
+def describe(path: str) -> str:
+    """The database as the start-up banner names it."""
+    if path == MEMORY:
+        return "SQLite in memory, gone at exit"
+    shown = path if os.path.isabs(path) or path.startswith(".") else f"./{path}"
+    return f"SQLite file {shown}"
+
+
 def _check_version() -> None:
     if sqlite3.sqlite_version_info < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
