@@ -1,8 +1,15 @@
 """A running system per topology, shared by the tests of a module (processes take a second or
-two to start). Every topology runs the same tests through the REST API."""
+two to start). Every topology runs the same tests through the REST API:
+
+- all: one `--roles all` process on PostgreSQL and Redis;
+- split: scheduler, api and worker processes on PostgreSQL and Redis;
+- embedded: one `--roles all` process with no database or Redis configured (SQLite file
+  ./minitemporal.db in its working directory, in-process queue).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +20,8 @@ from tests.conftest import fresh_database, fresh_prefix
 from tests.support.api import Api
 from tests.support.procs import Cluster
 from tests.support.services import free_port
+
+TOPOLOGIES = ["all", "split", "embedded"]
 
 
 @dataclass
@@ -25,8 +34,8 @@ class System:
 
 def start_topology(cluster: Cluster, topology: str, *, workers: int = 1) -> str:
     """Start processes; return the api's base URL."""
-    if topology == "all":
-        proc = cluster.add("all", "all", grpc_port=free_port()).start()
+    if topology in ("all", "embedded"):
+        proc = cluster.add(topology, "all", grpc_port=free_port()).start()
         proc.wait_healthy()
         return proc.http_url
     grpc = free_port()
@@ -40,18 +49,26 @@ def start_topology(cluster: Cluster, topology: str, *, workers: int = 1) -> str:
     return api.http_url
 
 
-@pytest.fixture(scope="module", params=["all", "split"])
+@contextlib.contextmanager
+def topology_cluster(request: pytest.FixtureRequest, topology: str, tmp: Path) -> Iterator[Cluster]:
+    """A cluster for the topology; PostgreSQL and Redis only for those that use them."""
+    if topology == "embedded":
+        yield Cluster(tmp, database_url=None, redis_url=None)
+        return
+    admin: str = request.getfixturevalue("pg_admin_url")
+    template: str = request.getfixturevalue("pg_template")
+    redis_url: str = request.getfixturevalue("redis_server_url")
+    with fresh_database(admin, template) as db, fresh_prefix(redis_url) as prefix:
+        yield Cluster(tmp, db, redis_url, prefix)
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES)
 def system(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    pg_admin_url: str,
-    pg_template: str,
-    redis_server_url: str,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[System]:
     topology = request.param
     tmp = tmp_path_factory.mktemp(f"e2e-{topology}")
-    with fresh_database(pg_admin_url, pg_template) as db, fresh_prefix(redis_server_url) as prefix:
-        cluster = Cluster(tmp, db, redis_server_url, prefix)
+    with topology_cluster(request, topology, tmp) as cluster:
         try:
             url = start_topology(cluster, topology)
             api = Api(url)

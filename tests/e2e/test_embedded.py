@@ -1,0 +1,176 @@
+"""The embedded mode as a user meets it: `minitemporal --roles all` with nothing configured.
+One line says so at start; the SQLite file lands in the working directory; a process stopped
+mid-job (SIGTERM or kill -9) and started again on the same file finishes the job; role sets
+that cannot work embedded exit with one line naming the missing setting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import Api, example_job, nodes_by_id
+from tests.support.procs import ROOT, Cluster, minitemporal_command
+from tests.support.services import free_port
+
+# Quick leases so that an attempt of a killed process is recovered in seconds.
+FAST = {
+    "MINITEMPORAL_LEASE_SECONDS": "1.5",
+    "MINITEMPORAL_HEARTBEAT_SECONDS": "0.3",
+    "MINITEMPORAL_RECONCILE_SECONDS": "1",
+    "MINITEMPORAL_DRAIN_SECONDS": "0.3",
+    "MINITEMPORAL_KILL_GRACE_SECONDS": "1",
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> object:
+    c = Cluster(tmp_path, database_url=None, redis_url=None, extra_env=FAST)
+    yield c
+    c.stop_all()
+
+
+def start(cluster: Cluster, name: str) -> Api:
+    proc = cluster.add(name, "all", grpc_port=free_port()).start()
+    proc.wait_healthy()
+    return Api(proc.http_url)
+
+
+def three_steps(ledger: Path, *, middle: str, retries: int = 0) -> dict[str, object]:
+    def record(step: str) -> str:
+        return f'echo "{step} $MINITEMPORAL_ATTEMPT" >> {ledger}'
+
+    return {
+        "name": "restart",
+        "nodes": [
+            {"id": "a", "command": record("a")},
+            {
+                "id": "b",
+                "command": f"{middle}; {record('b')}",
+                "depends_on": ["a"],
+                "retries": retries,
+            },
+            {"id": "c", "command": record("c"), "depends_on": ["b"]},
+        ],
+    }
+
+
+def running(node: str) -> object:
+    return lambda job: nodes_by_id(job)[node]["state"] == "running"
+
+
+def test_banner_and_database_file(cluster: Cluster) -> None:
+    api = start(cluster, "first")
+    job = api.wait(api.submit(example_job()))
+    assert job["status"] == "succeeded"
+    api.close()
+    proc = cluster.procs[0]
+    first_line = proc.log().splitlines()[0]
+    assert first_line.startswith("minitemporal: embedded mode (SQLite file ./minitemporal.db")
+    assert "MINITEMPORAL_DATABASE_URL=postgresql://" in first_line
+    assert "MINITEMPORAL_REDIS_URL=redis://" in first_line
+    assert (cluster.tmp / "minitemporal.db").is_file(), "in the working directory"
+    assert proc.stop() == 0
+
+
+def test_restart_after_sigterm_mid_job_finishes_the_job(cluster: Cluster) -> None:
+    ledger = cluster.tmp / "ledger"
+    api = start(cluster, "first")
+    job_id = api.submit(three_steps(ledger, middle="sleep 30"))
+    api.wait(job_id, running("b"), timeout=30)
+    api.close()
+    assert cluster.procs[0].stop() == 0, "a clean stop, the running command given back"
+
+    api = start(cluster, "second")
+    job = api.wait(job_id, timeout=60)
+    assert job["status"] == "succeeded", job
+    b = nodes_by_id(job)["b"]
+    assert [t["reason"] for t in b["attempts"]] == ["interrupted", "succeeded"]
+    assert b["attempt"] == 2, "a give-back does not use up the node's single attempt"
+    assert ledger.read_text().splitlines() == ["a 1", "b 2", "c 1"]
+    api.close()
+
+
+def test_restart_after_kill_9_mid_job_finishes_the_job(cluster: Cluster) -> None:
+    ledger = cluster.tmp / "ledger"
+    api = start(cluster, "first")
+    job_id = api.submit(three_steps(ledger, middle="sleep 2", retries=1))
+    api.wait(job_id, running("b"), timeout=30)
+    late = api.submit({"name": "acknowledged", "nodes": [{"id": "x", "command": "true"}]})
+    cluster.procs[0].kill()  # the 201 above was the last thing it did
+
+    api = start(cluster, "second")
+    job = api.wait(job_id, timeout=60)
+    assert job["status"] == "succeeded", job
+    b = nodes_by_id(job)["b"]
+    assert [t["reason"] for t in b["attempts"]] == ["lost", "succeeded"]
+    assert b["attempts"][0]["worker_id"] == "first" and b["worker_id"] == "second"
+    assert api.wait(late)["status"] == "succeeded", "an acknowledged job survives kill -9"
+    api.close()
+
+
+def test_in_memory_database(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, database_url="sqlite:///:memory:", redis_url=None)
+    try:
+        api = start(cluster, "memory")
+        assert api.wait(api.submit(example_job()))["status"] == "succeeded"
+        api.close()
+        assert "SQLite in memory" in cluster.procs[0].log().splitlines()[0]
+        assert cluster.procs[0].stop() == 0
+    finally:
+        cluster.stop_all()
+    assert not list(tmp_path.glob("*.db*")), "nothing written to disk"
+
+
+def run_cli(
+    tmp: Path, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [*minitemporal_command(), *args],
+        env=clean,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("roles", "env", "names"),
+    [
+        ("worker", {}, "MINITEMPORAL_REDIS_URL"),
+        ("scheduler", {}, "MINITEMPORAL_REDIS_URL"),
+        ("api,scheduler", {}, "MINITEMPORAL_REDIS_URL"),
+        ("all", {"MINITEMPORAL_DATABASE_URL": "sqlite:///no/such/dir/x.db"}, "no/such/dir"),
+        ("all", {"MINITEMPORAL_DATABASE_URL": "sqlite://host/x.db"}, "sqlite://host/x.db"),
+        ("all", {"MINITEMPORAL_DATABASE_URL": "mysql://db"}, "MINITEMPORAL_DATABASE_URL"),
+    ],
+)
+def test_settings_that_cannot_work_exit_with_one_line(
+    tmp_path: Path, roles: str, env: dict[str, str], names: str
+) -> None:
+    result = run_cli(tmp_path, ["--roles", roles], env)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("minitemporal: ") and names in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "minitemporal.db").exists(), "refused before touching anything"
+
+
+def test_sigint_stops_the_embedded_process_cleanly(cluster: Cluster) -> None:
+    start(cluster, "first").close()
+    proc = cluster.procs[0]
+    proc.signal(signal.SIGINT)
+    assert proc.stop() == 0
+    assert not (cluster.tmp / "minitemporal.db-wal").exists(), "checkpointed at close"
