@@ -33,13 +33,13 @@ class Settings(BaseSettings):
     # --- backends
     database_url: str | None = Field(
         None,
-        description="PostgreSQL URL (postgresql://user:pass@host:5432/db). "
-        "Unset: an embedded SQLite store (--roles all only).",
+        description="PostgreSQL URL (postgresql://user:pass@host:5432/db), or an SQLite one "
+        "(sqlite:///file.db, sqlite:///:memory:). Unset: the SQLite file ./minitemporal.db.",
     )
     redis_url: str | None = Field(
         None,
         description="Redis URL (redis://host:6379/0). "
-        "Unset: an in-process queue (--roles all only).",
+        "Unset: an in-process queue (scheduler and worker in this process only).",
     )
     redis_prefix: str = Field("minitemporal", description="Prefix of every Redis key we use.")
     db_pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per scheduler.")
