@@ -229,13 +229,14 @@ class Tx(abc.ABC):
         """Serialise decisions about one key until the transaction ends."""
 
     @abc.abstractmethod
-    async def key_holders(self, key: str, node: int) -> tuple[int | None, bool]:
-        """Among other nodes with the key: one that succeeded by running (the node whose
-        result is reusable), and whether one is queued, running or backing off."""
+    async def key_holders(self, key: str, node: int) -> Row:
+        """Among other nodes with the key: `succeeded`, one that succeeded by running (the
+        node whose result is reusable, or None), and `in_flight`, whether one is queued,
+        running or backing off."""
 
     @abc.abstractmethod
-    async def queue_keyed(self, node: int) -> TaskRef | None:
-        """A ready keyed node becomes queued (attempt 1)."""
+    async def queue_keyed(self, node: int) -> Row | None:
+        """A ready keyed node becomes queued (attempt 1): id, attempt."""
 
     @abc.abstractmethod
     async def wait_keyed(self, node: int) -> None:
@@ -247,19 +248,22 @@ class Tx(abc.ABC):
 
     # --- sweeps
     @abc.abstractmethod
-    async def requeue_due_retries(self, limit: int) -> list[TaskRef]:
-        """retry_wait -> queued, next attempt, for nodes whose backoff passed."""
+    async def requeue_due_retries(self, limit: int) -> list[Row]:
+        """retry_wait -> queued, next attempt, for nodes whose backoff passed: id, attempt."""
 
     @abc.abstractmethod
     async def lock_expired(self, limit: int) -> list[ExpiredNode]:
         """Running nodes whose lease expired or whose deadline passed, locked."""
 
     @abc.abstractmethod
-    async def stats(self, window: float) -> StoreStats: ...
+    async def stats(self, window: float) -> Row:
+        """queued, running, jobs_active, workers_alive (heartbeated within `window` seconds),
+        oldest_queued_age (seconds)."""
 
     @abc.abstractmethod
-    async def queued_tasks(self, age: float, limit: int) -> list[tuple[TaskRef, datetime]]:
-        """Queued attempts enqueued at least `age` seconds ago, oldest first."""
+    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
+        """Queued attempts enqueued at least `age` seconds ago, oldest first: id, attempt,
+        enqueued_at."""
 
 
 class SqlStore(Store):
@@ -453,7 +457,9 @@ class SqlStore(Store):
     # --- sweeps
     async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:
         async def body(tx: Tx) -> list[TaskRef]:
-            return sorted(await tx.requeue_due_retries(limit))
+            return sorted(
+                TaskRef(r["id"], r["attempt"]) for r in await tx.requeue_due_retries(limit)
+            )
 
         return await self._write(body)
 
@@ -477,7 +483,14 @@ class SqlStore(Store):
 
     async def stats(self, *, worker_window_seconds: float) -> StoreStats:
         async def body(tx: Tx) -> StoreStats:
-            return await tx.stats(worker_window_seconds)
+            r = await tx.stats(worker_window_seconds)
+            return StoreStats(
+                queued=r["queued"],
+                running=r["running"],
+                jobs_active=r["jobs_active"],
+                workers_alive=r["workers_alive"],
+                oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
+            )
 
         return await self._read(body)
 
@@ -485,7 +498,8 @@ class SqlStore(Store):
         self, *, min_age_seconds: float = 0.0, limit: int = 100_000
     ) -> list[tuple[TaskRef, datetime]]:
         async def body(tx: Tx) -> list[tuple[TaskRef, datetime]]:
-            return await tx.queued_tasks(min_age_seconds, limit)
+            rows = await tx.queued_tasks(min_age_seconds, limit)
+            return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
 
         return await self._read(body)
 
@@ -528,8 +542,11 @@ class Changes:
             if key is None:
                 continue
             await self.tx.lock_key(key)
-            succeeded, in_flight = await self.tx.key_holders(key, node_id)
-            decision = admit_keyed(key_succeeded=succeeded is not None, key_in_flight=in_flight)
+            holders = await self.tx.key_holders(key, node_id)
+            succeeded: int | None = holders["succeeded"]
+            decision = admit_keyed(
+                key_succeeded=succeeded is not None, key_in_flight=holders["in_flight"]
+            )
             if decision == ReadyKeyed.CACHED and succeeded is not None:
                 done = await self.tx.succeed_cached(node_id, succeeded)
                 if done is not None:
@@ -537,9 +554,9 @@ class Changes:
             elif decision == ReadyKeyed.WAIT:
                 await self.tx.wait_keyed(node_id)
             else:
-                ref = await self.tx.queue_keyed(node_id)
-                if ref is not None:
-                    self.queued.append(ref)
+                row = await self.tx.queue_keyed(node_id)
+                if row is not None:
+                    self.queued.append(TaskRef(row["id"], row["attempt"]))
 
     async def wake_key_waiters(self, key: str) -> None:
         """A node with this key reached a final state: decide again for those waiting on it."""

@@ -26,7 +26,6 @@ from minitemporal.domain.model import (
     JobStatus,
     NodeState,
     RetryPolicy,
-    StoreStats,
     TaskRef,
 )
 from minitemporal.errors import Unavailable
@@ -151,6 +150,13 @@ class _PgTx(Tx):
     async def _one(self, name: str, params: dict[str, Any]) -> Row | None:
         cur = await self._conn.execute(self._q[name], params)
         return await cur.fetchone()
+
+    async def _one_row(self, name: str, params: dict[str, Any]) -> Row:
+        """A statement that always returns one row (a SELECT of scalars)."""
+        row = await self._one(name, params)
+        if row is None:  # pragma: no cover
+            raise RuntimeError(f"{name} returned no row")
+        return row
 
     async def _all(self, name: str, params: dict[str, Any]) -> list[Row]:
         cur = await self._conn.execute(self._q[name], params)
@@ -281,15 +287,11 @@ class _PgTx(Tx):
     async def lock_key(self, key: str) -> None:
         await self._conn.execute(self._q["lock_key"], {"key": key})
 
-    async def key_holders(self, key: str, node: int) -> tuple[int | None, bool]:
-        row = await self._one("key_holders", {"key": key, "id": node})
-        if row is None:  # pragma: no cover - a SELECT of scalars always has a row
-            return None, False
-        return row["succeeded"], row["in_flight"]
+    async def key_holders(self, key: str, node: int) -> Row:
+        return await self._one_row("key_holders", {"key": key, "id": node})
 
-    async def queue_keyed(self, node: int) -> TaskRef | None:
-        row = await self._one("queue_keyed", {"id": node})
-        return TaskRef(row["id"], row["attempt"]) if row is not None else None
+    async def queue_keyed(self, node: int) -> Row | None:
+        return await self._one("queue_keyed", {"id": node})
 
     async def wait_keyed(self, node: int) -> None:
         await self._conn.execute(self._q["wait_keyed"], {"id": node})
@@ -298,25 +300,14 @@ class _PgTx(Tx):
         return [r["id"] for r in await self._all("key_waiters", {"key": key})]
 
     # --- sweeps
-    async def requeue_due_retries(self, limit: int) -> list[TaskRef]:
-        rows = await self._all("requeue_due_retries", {"limit": limit})
-        return [TaskRef(r["id"], r["attempt"]) for r in rows]
+    async def requeue_due_retries(self, limit: int) -> list[Row]:
+        return await self._all("requeue_due_retries", {"limit": limit})
 
     async def lock_expired(self, limit: int) -> list[ExpiredNode]:
         return cast(list[ExpiredNode], await self._all("lock_expired", {"limit": limit}))
 
-    async def stats(self, window: float) -> StoreStats:
-        r = await self._one("stats", {"window": window})
-        if r is None:  # pragma: no cover - a SELECT of scalars always has a row
-            return StoreStats()
-        return StoreStats(
-            queued=r["queued"],
-            running=r["running"],
-            jobs_active=r["jobs_active"],
-            workers_alive=r["workers_alive"],
-            oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
-        )
+    async def stats(self, window: float) -> Row:
+        return await self._one_row("stats", {"window": window})
 
-    async def queued_tasks(self, age: float, limit: int) -> list[tuple[TaskRef, datetime]]:
-        rows = await self._all("queued_tasks", {"age": age, "limit": limit})
-        return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
+    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
+        return await self._all("queued_tasks", {"age": age, "limit": limit})

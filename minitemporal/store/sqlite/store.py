@@ -55,7 +55,6 @@ from minitemporal.domain.model import (
     JobStatus,
     NodeState,
     RetryPolicy,
-    StoreStats,
     TaskRef,
 )
 from minitemporal.errors import ConfigurationError, Unavailable
@@ -458,6 +457,13 @@ class _SqliteTx(Tx):
     def _one(self, name: str, params: dict[str, Any]) -> Row | None:
         return cast(Row | None, self._run(name, params).fetchone())
 
+    def _one_row(self, name: str, params: dict[str, Any]) -> Row:
+        """A statement that always returns one row (a SELECT of scalars)."""
+        row = self._one(name, params)
+        if row is None:  # pragma: no cover
+            raise RuntimeError(f"{name} returned no row")
+        return row
+
     def _all(self, name: str, params: dict[str, Any]) -> list[Row]:
         return self._run(name, params).fetchall()
 
@@ -637,15 +643,11 @@ class _SqliteTx(Tx):
     async def lock_key(self, key: str) -> None:
         """Nothing to do: the write transaction already excludes every other writer."""
 
-    async def key_holders(self, key: str, node: int) -> tuple[int | None, bool]:
-        row = self._one("key_holders", {"key": key, "id": node})
-        if row is None:  # pragma: no cover - a SELECT of scalars always has a row
-            return None, False
-        return row["succeeded"], row["in_flight"]
+    async def key_holders(self, key: str, node: int) -> Row:
+        return self._one_row("key_holders", {"key": key, "id": node})
 
-    async def queue_keyed(self, node: int) -> TaskRef | None:
-        row = self._one("queue_keyed", {"id": node})
-        return TaskRef(row["id"], row["attempt"]) if row is not None else None
+    async def queue_keyed(self, node: int) -> Row | None:
+        return self._one("queue_keyed", {"id": node})
 
     async def wait_keyed(self, node: int) -> None:
         self._run("wait_keyed", {"id": node})
@@ -654,25 +656,14 @@ class _SqliteTx(Tx):
         return [r["id"] for r in self._all("key_waiters", {"key": key})]
 
     # --- sweeps
-    async def requeue_due_retries(self, limit: int) -> list[TaskRef]:
-        rows = self._all("requeue_due_retries", {"limit": limit})
-        return [TaskRef(r["id"], r["attempt"]) for r in rows]
+    async def requeue_due_retries(self, limit: int) -> list[Row]:
+        return self._all("requeue_due_retries", {"limit": limit})
 
     async def lock_expired(self, limit: int) -> list[ExpiredNode]:
         return cast(list[ExpiredNode], self._all("lock_expired", {"limit": limit}))
 
-    async def stats(self, window: float) -> StoreStats:
-        r = self._one("stats", {"window": _seconds(window)})
-        if r is None:  # pragma: no cover - a SELECT of scalars always has a row
-            return StoreStats()
-        return StoreStats(
-            queued=r["queued"],
-            running=r["running"],
-            jobs_active=r["jobs_active"],
-            workers_alive=r["workers_alive"],
-            oldest_queued_age_seconds=max(0.0, r["oldest_queued_age"]),
-        )
+    async def stats(self, window: float) -> Row:
+        return self._one_row("stats", {"window": _seconds(window)})
 
-    async def queued_tasks(self, age: float, limit: int) -> list[tuple[TaskRef, datetime]]:
-        rows = self._all("queued_tasks", {"age": _seconds(age), "limit": limit})
-        return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
+    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
+        return self._all("queued_tasks", {"age": _seconds(age), "limit": limit})
