@@ -72,6 +72,13 @@ def fail(message: str, code: int = 2) -> typing.NoReturn:
     sys.exit(code)
 
 
+def our_error(exc: BaseException) -> MinitemporalError | None:
+    """Our error inside a task group's ExceptionGroup (anyio wraps even a lone one), if any."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, MinitemporalError) else None
+
+
 @click.group(
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
@@ -97,10 +104,11 @@ def main(ctx: click.Context, **overrides: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     try:
         anyio.run(run, settings)
-    except ConfigurationError as exc:
-        fail(exc.detail)
-    except MinitemporalError as exc:
-        fail(exc.detail, 1)
+    except (MinitemporalError, BaseExceptionGroup) as exc:
+        error = our_error(exc)
+        if error is None:
+            raise
+        fail(error.detail, 2 if isinstance(error, ConfigurationError) else 1)
 
 
 @main.group()

@@ -175,3 +175,14 @@ def test_sigint_stops_the_embedded_process_cleanly(cluster: Cluster) -> None:
     proc.signal(signal.SIGINT)
     assert proc.stop() == 0
     assert not (cluster.tmp / "minitemporal.db-wal").exists(), "checkpointed at close"
+
+
+def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "minitemporal.db").write_text("not a database " * 20)
+    env = {"MINITEMPORAL_API_PORT": str(free_port()), "MINITEMPORAL_GRPC_PORT": str(free_port())}
+    result = run_cli(tmp_path, ["--roles", "all"], env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "minitemporal: cannot open the SQLite database minitemporal.db: file is not a database"
+    )
+    assert "Traceback" not in result.stderr + result.stdout

@@ -81,6 +81,8 @@ _US = timedelta(microseconds=1)
 _BOOLEANS = frozenset({"cached", "key_wait", "cancel", "cancelled", "in_flight", "overdue"})
 _JSON = frozenset({"depends_on", "env"})
 _TIMES = ("_at", "_until")
+# Errors at open that waiting can cure; any other (not a database, corrupt, read-only) cannot.
+_TRANSIENT = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_FULL", "SQLITE_PROTOCOL")
 
 
 # --- configuration
@@ -273,7 +275,13 @@ class _Writer:
                 else:
                     stop = True
                 if batch:
-                    self._commit(conn, batch)
+                    try:
+                        self._commit(conn, batch)
+                    except Exception as exc:  # never leave a caller waiting forever
+                        log.exception("SQLite writer failed a batch")
+                        for op in batch:
+                            if not op.future.done():
+                                op.future.set_exception(exc)
         finally:
             conn.close()
 
@@ -342,7 +350,7 @@ class SqliteStore(SqlStore):
         self._reader_count = 0 if path == MEMORY else readers
         self._q = load_queries("minitemporal.store.sqlite", "queries.sql")
         self._writer: _Writer | None = None
-        self._readers: queue.SimpleQueue[sqlite3.Connection] | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection | None] | None = None
 
     @classmethod
     def from_url(cls, url: str | None, *, retry_policy: RetryPolicy) -> SqliteStore:
@@ -360,7 +368,10 @@ class SqliteStore(SqlStore):
         try:
             await asyncio.wrap_future(writer.start())
         except sqlite3.Error as exc:
-            raise Unavailable(f"cannot open the SQLite database {self.path}: {exc}") from exc
+            message = f"cannot open the SQLite database {self.path}: {exc}"
+            if getattr(exc, "sqlite_errorname", "").startswith(_TRANSIENT):
+                raise Unavailable(message) from exc
+            raise ConfigurationError(message) from exc  # not a database, read-only, ...
         self._writer = writer
         if self._reader_count:
             self._readers = await anyio.to_thread.run_sync(self._open_readers)
@@ -384,8 +395,8 @@ class SqliteStore(SqlStore):
             raise
         return conn
 
-    def _open_readers(self) -> queue.SimpleQueue[sqlite3.Connection]:
-        pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+    def _open_readers(self) -> queue.SimpleQueue[sqlite3.Connection | None]:
+        pool: queue.SimpleQueue[sqlite3.Connection | None] = queue.SimpleQueue()
         for _ in range(self._reader_count):
             pool.put(_connect(self.path, self._busy_timeout, read_only=True))
         return pool
@@ -399,7 +410,10 @@ class SqliteStore(SqlStore):
 
             def close_readers() -> None:
                 for _ in range(self._reader_count):
-                    readers.get().close()  # waits for reads in flight
+                    conn = readers.get()  # waits for reads in flight
+                    if conn is not None:
+                        conn.close()
+                readers.put(None)  # a read that fetched the pool before close finds this
 
             await anyio.to_thread.run_sync(close_readers)
 
@@ -429,6 +443,9 @@ class SqliteStore(SqlStore):
 
         def read() -> T:
             conn = readers.get()
+            if conn is None:
+                readers.put(None)  # for the next one
+                raise Unavailable("the store is closed")
             try:
                 conn.execute("BEGIN")  # deferred: one snapshot from the first read on
                 try:
