@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,7 @@ FAST = {
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> object:
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path, database_url=None, redis_url=None, extra_env=FAST)
     yield c
     c.stop_all()
@@ -58,7 +60,7 @@ def three_steps(ledger: Path, *, middle: str, retries: int = 0) -> dict[str, obj
     }
 
 
-def running(node: str) -> object:
+def running(node: str) -> Callable[[dict[str, Any]], bool]:
     return lambda job: nodes_by_id(job)[node]["state"] == "running"
 
 
@@ -186,3 +188,42 @@ def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) ->
         "minitemporal: cannot open the SQLite database minitemporal.db: file is not a database"
     )
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_attempts_left_queued_are_pushed_again_after_a_restart(tmp_path: Path) -> None:
+    """One slot: while x runs, y and z wait in the in-process queue, which dies with the
+    process. The next process rebuilds its queue from the store (claim_epoch) and runs them."""
+    cluster = Cluster(
+        tmp_path,
+        database_url=None,
+        redis_url=None,
+        extra_env={**FAST, "MINITEMPORAL_WORKER_SLOTS": "1"},
+    )
+    try:
+        api = start(cluster, "first")
+        first_only = 'if [ "$MINITEMPORAL_ATTEMPT" = 1 ]; then sleep 30; fi'
+        job_id = api.submit(
+            {
+                "name": "queued",
+                "nodes": [
+                    {"id": "x", "command": first_only},
+                    {"id": "y", "command": "true"},
+                    {"id": "z", "command": "true"},
+                ],
+            }
+        )
+        job = api.wait(job_id, running("x"), timeout=30)
+        assert {n["id"]: n["state"] for n in job["nodes"]} == {
+            "x": "running",
+            "y": "queued",
+            "z": "queued",
+        }
+        api.close()
+        assert cluster.procs[0].stop() == 0
+        api = start(cluster, "second")
+        job = api.wait(job_id, timeout=60)
+        assert job["status"] == "succeeded"
+        assert all(n["worker_id"] == "second" for n in job["nodes"])
+        api.close()
+    finally:
+        cluster.stop_all()
