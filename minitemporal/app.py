@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from minitemporal.api.app import ApiDeps, create_app
 from minitemporal.config import Settings
 from minitemporal.errors import ConfigurationError, Unavailable
+from minitemporal.failpoints import Failpoints
 from minitemporal.observability.health import Health
 from minitemporal.observability.http import create_ops_app
 from minitemporal.observability.logging import redact_url
@@ -196,6 +197,7 @@ class Runtime:
             self.metrics.scheduler,
             lease_seconds=s.lease_seconds,
             limits=s.limits,
+            failpoints=Failpoints(s.failpoints),
         )
         self.grpc_server, self.grpc_port = build_server(
             service,

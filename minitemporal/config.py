@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: text on a terminal, JSON lines otherwise."
     )
+    failpoints: str | None = Field(
+        None,
+        description="Testing only: comma list of name=exit (see minitemporal/failpoints.py).",
+    )
     # --- security
     grpc_secret: SecretStr | None = Field(
         None, description="Shared secret every gRPC call must carry (api, workers, schedulers)."

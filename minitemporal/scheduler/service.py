@@ -30,6 +30,7 @@ from minitemporal.domain.model import (
 )
 from minitemporal.domain.validation import Limits, parse_job
 from minitemporal.errors import InvalidInput, Problem, Unavailable
+from minitemporal.failpoints import Failpoints
 from minitemporal.observability.metrics import SchedulerMetrics
 from minitemporal.queue.base import TaskQueue
 from minitemporal.store.base import Store
@@ -47,12 +48,14 @@ class SchedulerService:
         *,
         lease_seconds: float,
         limits: Limits,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
         self.metrics = metrics
         self.lease_seconds = lease_seconds
         self.limits = limits
+        self.failpoints = failpoints or Failpoints(None)
 
     async def push(self, refs: Sequence[TaskRef]) -> None:
         """Offer committed attempts to workers; on failure the reconciler will do it."""
@@ -75,6 +78,7 @@ class SchedulerService:
         )
         if not result.created:
             return await self.store.get_job(result.job_id, include_nodes=False), False
+        self.failpoints.hit("scheduler.after_submit_commit")
         self.metrics.jobs_submitted.inc()
         await self.push(result.queued)
         log.info("job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)})
@@ -133,6 +137,8 @@ class SchedulerService:
 
     async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
         outcome = await self.store.complete(worker_id, results)
+        if outcome.queued:
+            self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
         m = self.metrics
         for result, enqueued_at in zip(results, outcome.enqueued_at, strict=True):

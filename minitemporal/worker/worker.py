@@ -298,7 +298,7 @@ class Worker:
         for h in self._held.values():
             if not h.finished:
                 log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
-                h.execution.stop(Outcome.LOST)
+                h.execution.stop(Outcome.INTERRUPTED)
 
     def _fields(self, h: _Held) -> dict[str, object]:
         t = h.task

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -102,6 +103,7 @@ class PostgresStore(Store):
                 "application_name": "minitemporal",
             },
             reconnect_timeout=float("inf"),  # never give up: the scheduler outlives outages
+            check=_check_if_idle,
             name="minitemporal",
         )
         await self._pool.open(wait=False)
@@ -624,6 +626,22 @@ class _Changes:
 
 
 # --- helpers
+IDLE_CHECK_SECONDS = 1.0
+
+
+async def _check_if_idle(conn: Conn) -> None:
+    """Ping a pooled connection that sat idle, so that after a PostgreSQL restart the pool
+    replaces dead connections instead of failing one request each; a connection in steady use
+    is not pinged (no extra round trip on the hot path)."""
+    now = time.monotonic()
+    last = getattr(conn, "_minitemporal_last_checked", 0.0)
+    conn._minitemporal_last_checked = now  # type: ignore[attr-defined]
+    if now - last > IDLE_CHECK_SECONDS:
+        await conn.execute("SELECT 1")
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+
+
 def _attempt_view(a: dict[str, Any]) -> AttemptView:
     return AttemptView(
         attempt=a["attempt"],
