@@ -124,12 +124,15 @@ class SchedulerClient:
         )
         return [convert.task_from_pb(t) for t in reply.tasks]
 
-    async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
+    async def heartbeat(
+        self, worker_id: str, beats: Sequence[Beat], *, timeout: float | None = None
+    ) -> HeartbeatResult:
         reply = await self._call(
             "Heartbeat",
             pb.HeartbeatRequest(
                 worker_id=worker_id, running=[convert.beat_to_pb(b) for b in beats]
             ),
+            timeout=timeout,
         )
         return HeartbeatResult(
             cancel=tuple(convert.ref_from_pb(r) for r in reply.cancel),

@@ -255,8 +255,10 @@ class Worker:
     async def heartbeat_once(self) -> None:
         held = list(self._held.items())
         beats = [Beat(ref, h.execution.started_at) for ref, h in held if h.report]
+        # A deadline well inside the lease: a heartbeat that hangs must not hide a lost lease.
+        timeout = max(0.2, min(self.config.lease_seconds / 3, 10.0))
         try:
-            reply = await self.client.heartbeat(self.config.worker_id, beats)
+            reply = await self.client.heartbeat(self.config.worker_id, beats, timeout=timeout)
         except MinitemporalError as exc:
             self.metrics.heartbeat_failures.inc()
             silent = time.monotonic() - self._last_heartbeat_ok

@@ -151,3 +151,23 @@ def test_explanations_for_every_waiting_node(fast_cluster: Cluster) -> None:
     running = nodes_by_id(top.api.get(blocker))["b"]
     assert running["explanation"].startswith("running attempt 1 of 1 on worker1")
     top.api.wait(job_id, timeout=30)
+
+
+def test_a_worker_cut_off_from_the_scheduler_kills_its_command(
+    fast_cluster: Cluster, tmp_path: Path
+) -> None:
+    top = start_split(fast_cluster, workers=1)
+    pidfile = tmp_path / "pid"
+    job_id = top.api.submit(
+        {
+            "name": "cut-off",
+            "nodes": [node("c", f"echo $$ > {pidfile}; exec sleep 60", timeout=120)],
+        }
+    )
+    top.api.wait(job_id, lambda j: running_on(j, "c") is not None, timeout=20)
+    wait_for(pidfile.exists, 10, "the command to start")
+    pid = int(pidfile.read_text())
+    top.schedulers[0].kill()  # the worker can no longer renew its lease
+    wait_for(lambda: not pid_alive(pid), timeout=2 + 5, what="the worker to kill its command")
+    assert "lease lost" in top.workers[0].log()
+    assert top.workers[0].alive()
