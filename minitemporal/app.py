@@ -114,12 +114,12 @@ class Runtime:
                 self.queue = build_queue(s)
                 stack.push_async_callback(self.store.close)
                 stack.push_async_callback(self.queue.close)
-                self.health.add("store", self.store.ping)
-                self.health.add("queue", self.queue.ping)
+                self.health.add(self.store.kind, self.store.ping)
+                self.health.add(self.queue.kind, self.queue.ping)
             elif "worker" in self.roles:
                 self.queue = build_queue(s)
                 stack.push_async_callback(self.queue.close)
-                self.health.add("queue", self.queue.ping)
+                self.health.add(self.queue.kind, self.queue.ping)
             if self.roles & {"api", "worker"}:
                 self.client = SchedulerClient(
                     s.resolved_scheduler_address,
@@ -213,15 +213,22 @@ class Runtime:
             service, sweep_seconds=s.sweep_seconds, reconcile_seconds=s.reconcile_seconds
         )
         tg.start_soon(maintenance.run)
-        tg.start_soon(self._track_serving, grpc_health)
+        tg.start_soon(self._track_serving, grpc_health, store)
         return service
 
-    async def _track_serving(self, grpc_health: HealthServicer) -> None:
-        """The gRPC health status follows the store's and queue's health."""
+    async def _track_serving(self, grpc_health: HealthServicer, store: Store) -> None:
+        """The gRPC health status follows the store: without Redis a scheduler still accepts
+        and serves jobs (they run when Redis is back), so only the store makes it unusable."""
         serving = True
         while True:
             await anyio.sleep(1.0)
-            ok, _ = await self.health.run()
+            ok = True
+            with anyio.move_on_after(0.8) as scope:
+                try:
+                    await store.ping()
+                except Unavailable:
+                    ok = False
+            ok = ok and not scope.cancelled_caught
             if ok != serving:
                 serving = ok
                 await set_serving(grpc_health, ok)

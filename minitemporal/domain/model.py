@@ -228,9 +228,19 @@ class CompleteResult:
 
 
 @dataclass(frozen=True, slots=True)
+class GivenUp:
+    """An attempt the scheduler gave up on, with what a log line about it needs."""
+
+    ref: TaskRef
+    job_id: str
+    node_id: str
+    worker_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SweepResult:
-    lost: tuple[TaskRef, ...] = ()  # attempts whose lease expired
-    timed_out: tuple[TaskRef, ...] = ()  # attempts past their deadline that nobody reported
+    lost: tuple[GivenUp, ...] = ()  # attempts whose lease expired
+    timed_out: tuple[GivenUp, ...] = ()  # attempts past their deadline that nobody reported
     queued: tuple[TaskRef, ...] = ()  # attempts made ready as a consequence
     finished_jobs: tuple[FinishedJob, ...] = ()
 

@@ -11,6 +11,8 @@ from minitemporal.domain.model import TaskRef
 class TaskQueue(abc.ABC):
     """A set of ready attempts ordered by score (enqueue time); pushing twice is a no-op."""
 
+    kind = "queue"  # what health checks and logs call it: "redis", "in-process queue"
+
     @abc.abstractmethod
     async def open(self) -> None: ...
 

@@ -12,6 +12,8 @@ from minitemporal.queue.base import TaskQueue
 
 
 class MemoryQueue(TaskQueue):
+    kind = "in-process queue"
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, TaskRef]] = []
         self._members: set[TaskRef] = set()

@@ -22,6 +22,8 @@ from minitemporal.queue.base import TaskQueue
 
 
 class RedisQueue(TaskQueue):
+    kind = "redis"
+
     def __init__(self, url: str, *, prefix: str = "minitemporal", op_timeout: float = 2.0) -> None:
         self._url = url
         self._ready = f"{prefix}:ready"

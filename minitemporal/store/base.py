@@ -33,6 +33,8 @@ from minitemporal.domain.model import (
 class Store(abc.ABC):
     """Durable state of jobs, nodes and attempts."""
 
+    kind = "store"  # what health checks and logs call it: "postgresql", "sqlite"
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, and create or upgrade the schema (idempotent, safe to run concurrently)."""

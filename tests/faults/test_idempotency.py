@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.conftest import Ledger, start_split
 from tests.support.api import node, nodes_by_id
 from tests.support.procs import Cluster
+from tests.support.topology import Ledger, start_split
 
 
 def test_a_succeeded_key_is_not_run_again(fast_cluster: Cluster, ledger: Ledger) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.faults.conftest import Ledger, start_split
 from tests.support.api import node, nodes_by_id, ts
 from tests.support.procs import Cluster
+from tests.support.topology import Ledger, start_split
 
 
 def pid_alive(pid: int) -> bool:

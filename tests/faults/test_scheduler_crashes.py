@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from tests.faults.conftest import Ledger, Topology, start_split
 from tests.support.api import node, nodes_by_id
 from tests.support.procs import Cluster
+from tests.support.topology import Ledger, Topology, start_split
 
 
 def assert_ran_once_each(ledger: Ledger, job: dict) -> None:

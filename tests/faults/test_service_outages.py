@@ -9,11 +9,11 @@ import httpx
 import redis
 
 from tests.conftest import fresh_database
-from tests.faults.conftest import FAST, Ledger, start_split, wait_for
 from tests.faults.test_scheduler_crashes import assert_ran_once_each, fanout
 from tests.support.api import node
 from tests.support.procs import Cluster
 from tests.support.services import LocalPostgres, LocalRedis
+from tests.support.topology import FAST, Ledger, start_split, wait_for
 
 
 def test_flushall_mid_run_loses_nothing_and_adds_no_attempts(
@@ -51,7 +51,7 @@ def test_redis_restart_roles_reconnect_and_submissions_are_kept(
         private_redis.stop()
         during = top.api.submit({"name": "during", "nodes": [node("x", ledger.cmd())]})
         health = httpx.get(top.schedulers[0].http_url + "/healthz", timeout=5)
-        assert health.status_code == 503 and not health.json()["checks"]["queue"]["ok"]
+        assert health.status_code == 503 and not health.json()["checks"]["redis"]["ok"]
         time.sleep(2)  # an outage that lasts: every role must keep retrying, not exit
         assert all(p.alive() for p in cluster.procs)
         private_redis.start()
@@ -91,6 +91,13 @@ def test_postgres_restart_gives_503s_then_everything_finishes(
             assert r.json()["type"].endswith("/unavailable")
             post = top.api.http.post("/v1/jobs", json={"job": {"name": "x", "nodes": [node("x")]}})
             assert post.status_code == 503
+            sched = httpx.get(top.schedulers[0].http_url + "/healthz", timeout=5)
+            assert sched.status_code == 503 and not sched.json()["checks"]["postgresql"]["ok"]
+            wait_for(
+                lambda: httpx.get(top.api_proc.http_url + "/healthz", timeout=5).status_code == 503,
+                timeout=5,
+                what="the api to see its scheduler not serving (gRPC health)",
+            )
             time.sleep(1)
             assert all(p.alive() for p in cluster.procs)
             private_pg.start()

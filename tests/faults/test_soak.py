@@ -13,10 +13,10 @@ import httpx
 import pytest
 import redis
 
-from tests.faults.conftest import FAST, Ledger, start_split
 from tests.support.api import node, ts
 from tests.support.procs import Cluster
 from tests.support.services import LocalRedis
+from tests.support.topology import FAST, Ledger, start_split
 
 JOBS, NODES_PER_JOB = 40, 50
 

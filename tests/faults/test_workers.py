@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.faults.conftest import Ledger, pause, resume, start_split, wait_for
 from tests.faults.test_retries_and_timeouts import pid_alive
 from tests.support.api import node, nodes_by_id
 from tests.support.procs import Cluster
+from tests.support.topology import Ledger, pause, resume, start_split, wait_for
 
 
 def running_on(job: dict, node_id: str) -> str | None:

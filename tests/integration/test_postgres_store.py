@@ -177,7 +177,8 @@ async def test_expired_lease_is_lost_then_retried(store: PostgresStore) -> None:
     assert (await store.heartbeat("w", [Beat(a.ref)], 0.6)).lost == ()
     await asyncio.sleep(0.7)
     swept = await store.expire_leases()
-    assert swept.lost == (a.ref,) and swept.timed_out == ()
+    assert [g.ref for g in swept.lost] == [a.ref] and swept.timed_out == ()
+    assert (swept.lost[0].node_id, swept.lost[0].worker_id) == ("a", "w")
     hb = await store.heartbeat("w", [Beat(a.ref)], 30)
     assert hb.lost == (a.ref,), "the worker is told to stop it"
     assert (await store.complete("w", [result(a.ref)])).accepted == (False,)
@@ -257,7 +258,7 @@ async def test_overdue_attempt_times_out_even_while_heartbeating(store: Postgres
         await asyncio.sleep(0.25)
         await store.heartbeat("w", [Beat(a.ref)], 0.4)  # keeps the lease, not the deadline
     swept = await store.expire_leases()
-    assert swept.timed_out == (a.ref,) and swept.lost == ()
+    assert [g.ref for g in swept.timed_out] == [a.ref] and swept.lost == ()
     assert [f.status.value for f in swept.finished_jobs] == ["failed"]
     job = await store.get_job(res.job_id)
     assert job.nodes[0].attempts[0].reason == "timeout"

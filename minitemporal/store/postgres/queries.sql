@@ -246,7 +246,7 @@ RETURNING id, attempt, enqueued_at;
 -- name: lock_expired
 -- Running attempts whose worker stopped renewing the lease, or that are overdue (timeout plus
 -- one lease: the worker should have killed and reported them by then).
-SELECT n.id, n.job_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+SELECT n.id, n.job_id, n.node_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
        n.backoff_base, n.backoff_factor, n.backoff_max, n.worker_id,
        j.cancel_requested_at IS NOT NULL AS cancelled,
        n.deadline_at IS NOT NULL AND n.deadline_at < clock_timestamp() AS overdue

@@ -30,6 +30,7 @@ from minitemporal.domain.model import (
     ClaimedTask,
     CompleteResult,
     FinishedJob,
+    GivenUp,
     HeartbeatResult,
     JobPage,
     JobSpec,
@@ -68,6 +69,8 @@ def _clean(text: str) -> str:
 
 
 class PostgresStore(Store):
+    kind = "postgresql"
+
     def __init__(
         self,
         url: str,
@@ -470,12 +473,19 @@ class PostgresStore(Store):
     async def expire_leases(self, limit: int = 1000) -> SweepResult:
         async def body(conn: Conn) -> SweepResult:
             tx = _Changes(self, conn)
-            gone: dict[Outcome, list[TaskRef]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
+            gone: dict[Outcome, list[GivenUp]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
             for node in await self._all(conn, "lock_expired", {"limit": limit}):
                 outcome = Outcome.TIMEOUT if node["overdue"] else Outcome.LOST
                 await self._one(conn, "record_attempt", _given_up(node, outcome))
                 await tx.after_failure(node, outcome)
-                gone[outcome].append(TaskRef(node["id"], node["attempt"]))
+                gone[outcome].append(
+                    GivenUp(
+                        TaskRef(node["id"], node["attempt"]),
+                        str(node["job_id"]),
+                        node["node_id"],
+                        node["worker_id"],
+                    )
+                )
             return SweepResult(
                 lost=tuple(gone[Outcome.LOST]),
                 timed_out=tuple(gone[Outcome.TIMEOUT]),
