@@ -109,6 +109,7 @@ class ClaimedTask:
     command: str
     timeout_seconds: float | None
     env: tuple[tuple[str, str], ...] = ()
+    has_dependents: bool = False  # its success may unblock work: see CompleteTasks' `want`
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +220,9 @@ class CompleteResult:
     # One per reported result: the attempt's enqueue time if accepted, None if the attempt
     # was stale (the result was ignored).
     enqueued_at: tuple[datetime | None, ...]
-    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready by these results
+    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready, to push to the queue
     finished_jobs: tuple[FinishedJob, ...] = ()
+    claimed: tuple[ClaimedTask, ...] = ()  # made ready and claimed for the reporting worker
 
     @property
     def accepted(self) -> tuple[bool, ...]:

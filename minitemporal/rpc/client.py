@@ -139,14 +139,19 @@ class SchedulerClient:
             lost=tuple(convert.ref_from_pb(r) for r in reply.lost),
         )
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
+    async def complete(
+        self, worker_id: str, results: Sequence[TaskResult], *, want: int = 0
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        """Report results; also receive up to `want` attempts they unblocked, claimed for us."""
         reply = await self._call(
             "CompleteTasks",
             pb.CompleteTasksRequest(
-                worker_id=worker_id, results=[convert.result_to_pb(r) for r in results]
+                worker_id=worker_id,
+                results=[convert.result_to_pb(r) for r in results],
+                want=want,
             ),
         )
-        return list(reply.accepted)
+        return list(reply.accepted), [convert.task_from_pb(t) for t in reply.tasks]
 
     async def check_health(self, timeout: float = 0.8) -> None:
         """Raise `Unavailable` unless the scheduler says it is serving."""

@@ -135,8 +135,12 @@ class SchedulerService:
             self.metrics.reports_rejected.labels("heartbeat").inc(len(result.lost))
         return result
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
-        outcome = await self.store.complete(worker_id, results)
+    async def complete(
+        self, worker_id: str, results: Sequence[TaskResult], *, want: int = 0
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        outcome = await self.store.complete(
+            worker_id, results, want=want, lease_seconds=self.lease_seconds
+        )
         if outcome.queued:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
@@ -154,7 +158,7 @@ class SchedulerService:
             if result.outcome in (Outcome.EXIT_CODE, Outcome.TIMEOUT, Outcome.LOST):
                 m.failures.labels(result.outcome.value).inc()
         self.record_finished(outcome.finished_jobs)
-        return list(outcome.accepted)
+        return list(outcome.accepted), list(outcome.claimed)
 
     async def record_lost(self, swept: SweepResult) -> None:
         """Count what the lease sweep gave up on and push what it made ready."""

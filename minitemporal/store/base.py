@@ -95,11 +95,20 @@ class Store(abc.ABC):
         """Extend the leases this worker still holds; say which to cancel or drop."""
 
     @abc.abstractmethod
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> CompleteResult:
         """Record finished attempts; queue the downstream nodes they unblock, atomically.
 
         A result whose attempt is not the node's current running attempt held by this worker
-        is rejected (accepted=False) and changes nothing.
+        is rejected (accepted=False) and changes nothing. Up to `want` of the attempts made
+        ready are claimed for this worker in the same transaction (`claimed`); the rest are
+        returned in `queued` for the queue.
         """
 
     # --- background sweeps (safe with several schedulers at once)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
+
+import anyio
 
 from minitemporal.domain.model import ClaimedTask
 
@@ -36,10 +39,44 @@ def command_env(
     return env
 
 
-def make_workdir(task: ClaimedTask, parent: str | None) -> str:
-    """A fresh directory only this worker's user can enter (mode 0700)."""
-    return tempfile.mkdtemp(prefix=f"minitemporal-{task.ref.node}-{task.ref.attempt}-", dir=parent)
+PREFIX = "minitemporal-attempt-"
 
 
-def remove_workdir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+class WorkdirPool:
+    """Fresh, empty working directories (mode 0700), made ahead of time off the event loop.
+
+    Creating and removing a directory costs 0.1-2 ms on a busy disk; on the path from claim to
+    spawn that is latency every task pays. Each directory is used by exactly one attempt and
+    removed afterwards, in a thread.
+    """
+
+    def __init__(self, parent: str | None, *, size: int) -> None:
+        self._parent = parent
+        self._size = max(1, size)
+        self._ready: list[str] = []
+        self._taken = anyio.Event()
+
+    def _make(self) -> str:
+        return tempfile.mkdtemp(prefix=PREFIX, dir=self._parent)
+
+    async def run(self) -> None:
+        """Keep `size` directories ready until cancelled."""
+        while True:
+            while len(self._ready) < self._size:
+                self._ready.append(await anyio.to_thread.run_sync(self._make))
+            self._taken = anyio.Event()
+            await self._taken.wait()
+
+    def take(self) -> str:
+        self._taken.set()
+        return self._ready.pop() if self._ready else self._make()
+
+    def discard(self, path: str) -> None:
+        """Remove a used directory in the background (a thread: it may hold many files)."""
+        thread = threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True)
+        thread.start()
+
+    def close(self) -> None:
+        for path in self._ready:
+            shutil.rmtree(path, ignore_errors=True)
+        self._ready.clear()

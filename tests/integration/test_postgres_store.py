@@ -358,3 +358,30 @@ async def test_stats(store: PostgresStore) -> None:
     stats = await store.stats(worker_window_seconds=10)
     assert (stats.queued, stats.running, stats.jobs_active, stats.workers_alive) == (1, 1, 1, 1)
     assert 0.04 < stats.oldest_queued_age_seconds < 10
+
+
+async def test_complete_hands_unblocked_children_to_the_reporting_worker(
+    store: PostgresStore,
+) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "echo b", depends_on=("a",)),
+            NodeSpec("c", "echo c", depends_on=("a",)),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    [a] = await store.claim("w", res.queued, 30)
+    assert a.has_dependents
+    out = await store.complete("w", [result(a.ref)], want=1, lease_seconds=30)
+    assert len(out.claimed) == 1 and len(out.queued) == 1, "one handed over, one to the queue"
+    handed = out.claimed[0]
+    assert handed.node_id == "b" and handed.command == "echo b" and handed.has_dependents
+    assert await store.claim("w2", [handed.ref], 30) == [], "it is claimed: nobody else gets it"
+    [c] = await store.claim("w2", out.queued, 30)
+    await store.complete("w2", [result(c.ref)], want=4, lease_seconds=30)
+    last = await store.complete("w", [result(handed.ref)], want=4, lease_seconds=30)
+    assert [t.node_id for t in last.claimed] == ["d"] and last.queued == ()
+    assert not last.claimed[0].has_dependents
+    done = await store.complete("w", [result(last.claimed[0].ref)], want=4, lease_seconds=30)
+    assert done.claimed == () and [f.status.value for f in done.finished_jobs] == ["succeeded"]

@@ -54,7 +54,9 @@ WITH claimed AS (
     INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
     SELECT id, attempt, %(worker)s, enqueued_at, clock_timestamp() FROM claimed
 )
-SELECT id, attempt, job_id, node_id, command, timeout_seconds, env FROM claimed;
+SELECT c.id, c.attempt, c.job_id, c.node_id, c.command, c.timeout_seconds, c.env,
+       EXISTS (SELECT 1 FROM node_edges e WHERE e.parent_id = c.id) AS has_dependents
+FROM claimed c;
 
 -- name: heartbeat
 WITH held AS (

@@ -383,28 +383,29 @@ class PostgresStore(Store):
     ) -> list[ClaimedTask]:
         if not refs:
             return []
+        return await self._tx(lambda conn: self._claim(conn, worker_id, refs, lease_seconds))
+
+    async def _claim(
+        self, conn: Conn, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
+    ) -> list[ClaimedTask]:
         params = {
             "worker": worker_id,
             "lease": lease_seconds,
             "ids": [r.node for r in refs],
             "attempts": [r.attempt for r in refs],
         }
-
-        async def body(conn: Conn) -> list[ClaimedTask]:
-            rows = await self._all(conn, "claim", params)
-            return [
-                ClaimedTask(
-                    ref=TaskRef(r["id"], r["attempt"]),
-                    job_id=str(r["job_id"]),
-                    node_id=r["node_id"],
-                    command=r["command"],
-                    timeout_seconds=r["timeout_seconds"],
-                    env=tuple((k, v) for k, v in r["env"]),
-                )
-                for r in rows
-            ]
-
-        return await self._tx(body)
+        return [
+            ClaimedTask(
+                ref=TaskRef(r["id"], r["attempt"]),
+                job_id=str(r["job_id"]),
+                node_id=r["node_id"],
+                command=r["command"],
+                timeout_seconds=r["timeout_seconds"],
+                env=tuple((k, v) for k, v in r["env"]),
+                has_dependents=r["has_dependents"],
+            )
+            for r in await self._all(conn, "claim", params)
+        ]
 
     async def heartbeat(
         self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
@@ -426,7 +427,14 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        lease_seconds: float = 0.0,
+    ) -> CompleteResult:
         async def body(conn: Conn) -> CompleteResult:
             tx = _Changes(self, conn)
             enqueued: list[datetime | None] = []
@@ -444,10 +452,19 @@ class PostgresStore(Store):
                 )
                 enqueued.append(recorded["enqueued_at"] if recorded else None)
                 await tx.after_failure(node, result.outcome)
+            claimed: list[ClaimedTask] = []
+            queued = sorted(tx.queued)
+            if want > 0 and queued:
+                # Hand the reporting worker what its results unblocked: same transaction,
+                # same compare-and-set claim, no trip through the queue.
+                claimed = await self._claim(conn, worker_id, queued[:want], lease_seconds)
+                taken = {c.ref for c in claimed}
+                queued = [r for r in queued if r not in taken]
             return CompleteResult(
                 enqueued_at=tuple(enqueued),
-                queued=tuple(tx.queued),
+                queued=tuple(queued),
                 finished_jobs=tuple(tx.finished),
+                claimed=tuple(claimed),
             )
 
         return await self._tx(body)
