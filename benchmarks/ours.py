@@ -155,9 +155,10 @@ class Ours:
         for j in range(jobs):
             nodes = [node(f"n{i:05d}", self.command) for i in range(per_job)]
             ids.append(self.submit(f"burst-{j}", nodes)[0])
+        submitted = time.time()
         self.wait(ids, timeout=120 + jobs * per_job / 10)
         spans = [node_span(n) for job_id in ids for n in self.finished_job(job_id)["nodes"]]
-        return SpanRun(spans, since)
+        return SpanRun(spans, since, submitted)
 
     def chain(self, length: int) -> list[Span]:
         job_id, _ = self.submit("chain", chain_nodes(length, self.command))

@@ -178,8 +178,9 @@ class CeleryPeer:
         since = time.time()
         for j in range(jobs):
             group(self._sig(label, f"{j:04d}-{i:05d}") for i in range(per_job)).apply_async()
+        submitted = time.time()
         spans = self.wait(label, jobs * per_job, timeout=120 + jobs * per_job / 10)
-        return SpanRun(list(spans.values()), since)
+        return SpanRun(list(spans.values()), since, submitted)
 
     def chain(self, length: int) -> list[Span]:
         from celery import chain

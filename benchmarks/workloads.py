@@ -32,6 +32,7 @@ class LatencyRun:
 class SpanRun:
     spans: list[Span]
     since: float  # the client's clock just before the first submit call
+    submitted: float  # the client's clock once the last submit call returned
 
 
 @dataclass
@@ -109,6 +110,7 @@ def burst_figures(run: SpanRun) -> dict[str, Any]:
         "enqueue_to_start_ms": _pct([s.wait for s in run.spans]),
         "makespan_s": max(s.finished for s in run.spans) - run.since,
         "first_start_s": min(s.started for s in run.spans) - run.since,
+        "submit_calls_s": run.submitted - run.since,
     }
 
 
