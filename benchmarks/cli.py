@@ -419,9 +419,12 @@ def main(argv: list[str] | None = None) -> int:
             suite.run_workloads(targets)
         except _Skip:
             pass
-        except (StartFailed, WorkloadError, OSError) as exc:
+        except (StartFailed, WorkloadError) as exc:
             suite.errors["setup"] = str(exc)
             say(f"FAILED to set up: {exc}")
+        except Exception as exc:  # a service unreachable, a bug: say it, clean up, exit 1
+            suite.errors["setup"] = traceback.format_exc()
+            say(f"FAILED to set up: {exc!r}")
         except KeyboardInterrupt:
             suite.errors["setup"] = "interrupted"
             say("interrupted: stopping")
@@ -444,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     results["rows"] = table
     report.write_json(args.out, results)
     print()
-    print(report.text_table(table, peer))
+    print(report.text_table(table, peer) if table else "no figures were measured")
     print()
     if suite.errors:
         print("errors:")
