@@ -29,15 +29,14 @@ FROM jsonb_to_recordset(%(nodes)s::jsonb) AS n(
     timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
     backoff_base double precision, backoff_factor double precision,
     backoff_max double precision, queue boolean)
-RETURNING id, attempt, state, deps_pending, idempotency_key;
+RETURNING id, node_id, attempt, state, deps_pending, idempotency_key;
 
 -- name: insert_edges
+-- Ids mapped in Python from insert_nodes' RETURNING: a self-join of nodes here would run on
+-- a generic plan (psycopg prepares repeated statements) built when the table was small, and
+-- go quadratic on a large job.
 INSERT INTO node_edges (parent_id, child_id)
-SELECT p.id, c.id
-FROM nodes c
-CROSS JOIN LATERAL unnest(c.depends_on) AS d(dep)
-JOIN nodes p ON p.job_id = c.job_id AND p.node_id = d.dep
-WHERE c.job_id = %(job)s;
+SELECT * FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]);
 
 -- name: claim
 -- queued -> running for every requested attempt that is still current; one attempt row each.

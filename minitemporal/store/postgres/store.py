@@ -217,7 +217,13 @@ class PostgresStore(Store):
                     )
                 return SubmitResult(str(existing["id"]), created=False)
             inserted = await self._all(conn, "insert_nodes", {"job": job_id, "nodes": Jsonb(nodes)})
-            await conn.execute(self._q["insert_edges"], {"job": job_id})
+            key_of = {r["node_id"]: r["id"] for r in inserted}
+            edges = [(key_of[d], key_of[n.id]) for n in spec.nodes for d in n.depends_on]
+            if edges:
+                await conn.execute(
+                    self._q["insert_edges"],
+                    {"parents": [p for p, _ in edges], "children": [c for _, c in edges]},
+                )
             tx = _Changes(self, conn)
             tx.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
