@@ -6,13 +6,12 @@ secrets (every MINITEMPORAL_* variable of the worker is dropped).
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
-
-import anyio
 
 from minitemporal.domain.model import ClaimedTask
 
@@ -46,37 +45,51 @@ class WorkdirPool:
     """Fresh, empty working directories (mode 0700), made ahead of time off the event loop.
 
     Creating and removing a directory costs 0.1-2 ms on a busy disk; on the path from claim to
-    spawn that is latency every task pays. Each directory is used by exactly one attempt and
-    removed afterwards, in a thread.
+    spawn that is latency every task pays. One background thread keeps `size` directories
+    ready and removes used ones; each directory serves exactly one attempt.
     """
 
     def __init__(self, parent: str | None, *, size: int) -> None:
         self._parent = parent
         self._size = max(1, size)
-        self._ready: list[str] = []
-        self._taken = anyio.Event()
+        self._ready: collections.deque[str] = collections.deque()
+        self._used: collections.deque[str] = collections.deque()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def _make(self) -> str:
         return tempfile.mkdtemp(prefix=PREFIX, dir=self._parent)
 
-    async def run(self) -> None:
-        """Keep `size` directories ready until cancelled."""
-        while True:
-            while len(self._ready) < self._size:
-                self._ready.append(await anyio.to_thread.run_sync(self._make))
-            self._taken = anyio.Event()
-            await self._taken.wait()
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._keep, name="workdirs", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._closed:
+            while self._used:
+                shutil.rmtree(self._used.popleft(), ignore_errors=True)
+            while len(self._ready) < self._size and not self._closed:
+                self._ready.append(self._make())
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
 
     def take(self) -> str:
-        self._taken.set()
-        return self._ready.pop() if self._ready else self._make()
+        self._wake.set()
+        try:
+            return self._ready.popleft()
+        except IndexError:
+            return self._make()
 
     def discard(self, path: str) -> None:
-        """Remove a used directory in the background (a thread: it may hold many files)."""
-        thread = threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True)
-        thread.start()
+        self._used.append(path)
+        self._wake.set()
 
     def close(self) -> None:
-        for path in self._ready:
-            shutil.rmtree(path, ignore_errors=True)
-        self._ready.clear()
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for queue in (self._ready, self._used):
+            while queue:
+                shutil.rmtree(queue.popleft(), ignore_errors=True)

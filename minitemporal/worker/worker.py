@@ -142,10 +142,10 @@ class Worker:
         log.info(
             "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
         )
+        self._workdirs.start()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._workdirs.run)
                 tg.start_soon(self._heartbeats)
                 tg.start_soon(self._reporter)
                 await self._fetch(stopping)
