@@ -25,6 +25,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 HEALTHCHECK_SCRIPT = ROOT / "deploy" / "healthcheck.py"
+SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "minitemporal@.service"
 ENV_PREFIX = "MINITEMPORAL_"
 # Settings that the security work is adding (api tokens and the explicit opt-out). The compose
 # file uses them already; until they exist in Settings, they are the only unknown names allowed.

@@ -21,6 +21,7 @@ from tests.deploy.compose import (
     HEALTHCHECK_SCRIPT,
     PROMETHEUS_DIR,
     ROOT,
+    SYSTEMD_UNIT,
     Service,
     compose,
     dockerfile,
@@ -86,12 +87,21 @@ def test_every_command_is_a_valid_minitemporal_run(
     assert settings.role_set == service.roles
 
 
+def deploying_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("\n## Deploying\n")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
 def test_every_minitemporal_variable_is_a_real_setting() -> None:
-    """Names in compose, Dockerfile and the health check script, comments included."""
+    """Names in every deployment file and in README's "Deploying", comments included."""
     known = known_env_names()
-    for path in (COMPOSE_FILE, DOCKERFILE, HEALTHCHECK_SCRIPT):
-        unknown = set(ENV_NAME.findall(path.read_text())) - known
-        assert not unknown, f"{path.name} names variables minitemporal does not read: {unknown}"
+    texts = {p.name: p.read_text() for p in (COMPOSE_FILE, DOCKERFILE, HEALTHCHECK_SCRIPT)}
+    texts[SYSTEMD_UNIT.name] = SYSTEMD_UNIT.read_text()
+    texts["README.md (Deploying)"] = deploying_section()
+    for name, text in texts.items():
+        unknown = set(ENV_NAME.findall(text)) - known
+        assert not unknown, f"{name} names variables minitemporal does not read: {unknown}"
 
 
 def test_each_role_gets_only_the_settings_it_needs() -> None:
@@ -264,6 +274,47 @@ def test_docker_compose_accepts_the_file() -> None:
         env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- systemd -----------------------------------------------------------------------------
+
+
+def unit_settings() -> dict[str, str]:
+    settings = {}
+    for line in SYSTEMD_UNIT.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+@pytest.mark.parametrize("role", ["api", "scheduler", "worker"])
+def test_systemd_unit_runs_each_role_and_lets_workers_drain(role: str) -> None:
+    unit = unit_settings()
+    _, *args = unit["ExecStart"].replace("%i", role).split()
+    assert parse_run_flags(args) == {"roles": role}
+    assert unit["KillMode"] == "mixed", "SIGTERM to minitemporal only: commands may finish"
+    defaults = Settings.model_fields
+    drain = float(defaults["drain_seconds"].default) + float(defaults["kill_grace_seconds"].default)
+    assert float(unit["TimeoutStopSec"]) > drain + REPORT_FLUSH_SECONDS
+    assert unit["User"] != "root"
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "minitemporal@worker.service"
+    shutil.copy(SYSTEMD_UNIT, unit)
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable" not in line  # not installed on this machine
+    ]
+    assert not problems, problems
 
 
 # --- Dockerfile ---------------------------------------------------------------------------
