@@ -106,32 +106,28 @@ def local_env(
 
 
 def start(cluster: Cluster) -> dict[str, Proc]:
-    """Start the topology in compose's dependency order; wait until everything is healthy."""
+    """Start the topology as compose does: a service once the services it depends on (with
+    `condition: service_healthy`) are healthy. Returns the processes by container name."""
     all_instances = instances()
     procs: dict[str, Proc] = {}
-    clients = 0
-    for inst in sorted(all_instances, key=lambda i: "scheduler" not in i.service.roles):
-        env = local_env(inst, all_instances, clients, cluster)
-        clients += "MINITEMPORAL_SCHEDULER_ADDRESS" in env
-        http_port = int(
-            env[
-                "MINITEMPORAL_API_PORT"
-                if "api" in inst.service.roles
-                else "MINITEMPORAL_METRICS_PORT"
-            ]
+    for rotation, inst in enumerate(all_instances):
+        env = local_env(inst, all_instances, rotation, cluster)
+        port = (
+            "MINITEMPORAL_API_PORT" if "api" in inst.service.roles else "MINITEMPORAL_METRICS_PORT"
         )
-        proc = Proc(
-            inst.name, env["MINITEMPORAL_ROLES"], env, cluster.tmp / f"{inst.name}.log", http_port
-        )
-        cluster.procs.append(proc)
-        procs[inst.name] = proc
-        if "scheduler" in inst.service.roles:
-            proc.start()
-    for p in procs.values():
-        if p.popen is None:
-            p.start()
-    for p in procs.values():
-        p.wait_healthy(timeout=60)
+        log = cluster.tmp / f"{inst.name}.log"
+        procs[inst.name] = Proc(inst.name, env["MINITEMPORAL_ROLES"], env, log, int(env[port]))
+    cluster.procs.extend(procs.values())
+    waiting = list(all_instances)
+    while waiting:
+        pending = {i.service.name for i in waiting}
+        ready = [i for i in waiting if not set(i.service.spec.get("depends_on", {})) & pending]
+        assert ready, f"depends_on has a cycle: {sorted(pending)}"
+        for inst in ready:
+            procs[inst.name].start()
+        for inst in ready:
+            procs[inst.name].wait_healthy(timeout=60)
+        waiting = [i for i in waiting if i not in ready]
     return procs
 
 
