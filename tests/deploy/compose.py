@@ -27,21 +27,19 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 HEALTHCHECK_SCRIPT = ROOT / "deploy" / "healthcheck.py"
 SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "minitemporal@.service"
 ENV_PREFIX = "MINITEMPORAL_"
-# Settings that the security work is adding (api tokens and the explicit opt-out). The compose
-# file uses them already; until they exist in Settings, they are the only unknown names allowed.
-PENDING_SETTINGS = frozenset({"insecure_no_auth", "api_tokens"})
+# Settings that the security work is adding: the api's tokens (`api_tokens`, maybe with
+# variants such as `api_tokens_file`) and the explicit opt-out. The deployment files use them
+# already; while Settings has no such field, they are the only unknown names allowed.
+PENDING_SETTINGS = ("insecure_no_auth", "api_tokens*")
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
 
 
-def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's variable substitution: `${VAR:-default}`, `${VAR}`, `$VAR`, `$$`."""
-    env = env or {}
+def interpolate(value: str) -> str:
+    """Compose's variable substitution with no variable set: `${VAR:-default}` is the default,
+    `${VAR}` and `$VAR` are empty, `$$` is `$`."""
 
     def one(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1) or m.group(3)
-        return env.get(name) or (m.group(2) or "")
+        return "$" if m.group(0) == "$$" else m.group(2) or ""
 
     return _VARIABLE.sub(one, value)
 
@@ -67,10 +65,18 @@ def settings_env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def known_env_names() -> set[str]:
-    """Every MINITEMPORAL_* variable the program reads, plus pending names not yet merged."""
-    fields = set(Settings.model_fields)
-    return {settings_env_name(f) for f in fields | (PENDING_SETTINGS - fields)}
+def is_setting(env_name: str) -> bool:
+    """Whether minitemporal reads this MINITEMPORAL_* variable (or will, once the pending
+    settings land: a pending pattern counts only while no field matches it)."""
+    field = env_name.removeprefix(ENV_PREFIX).lower()
+    if field in Settings.model_fields:
+        return True
+    for pattern in PENDING_SETTINGS:
+        stem = pattern.rstrip("*")
+        matches = field.startswith(stem) if pattern.endswith("*") else field == stem
+        if matches and not any(f.startswith(stem) for f in Settings.model_fields):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
