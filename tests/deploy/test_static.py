@@ -158,35 +158,47 @@ def test_published_ports_are_the_api_and_prometheus_on_loopback() -> None:
         assert all(p.startswith("127.0.0.1:") for p in ports), ports
 
 
-def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
+def scrape_targets() -> dict[str, str | None]:
+    """Every target of prometheus.yml (`host:port`; DNS names with their port) -> its role."""
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    static: set[str] = set()
-    dns: set[str] = set()
+    targets: dict[str, str | None] = {}
     for job in config["scrape_configs"]:
+        relabelled = {
+            r["target_label"]: r["replacement"]
+            for r in job.get("relabel_configs", [])
+            if "source_labels" not in r
+        }
         for sc in job.get("static_configs", []):
-            static |= set(sc["targets"])
+            role = sc.get("labels", {}).get("role", relabelled.get("role"))
+            targets |= dict.fromkeys(sc["targets"], role)
         for dc in job.get("dns_sd_configs", []):
-            dns |= {f"{name}:{dc['port']}" for name in dc["names"]}
-    expected_static = {
-        f"{s.name}:{s.http_port}"
-        for s in minitemporal_services()
-        if s.replicas == 1 and "container_name" not in s.spec
+            targets |= {f"{name}:{dc['port']}": relabelled.get("role") for name in dc["names"]}
+    return targets
+
+
+def test_prometheus_scrapes_every_role_where_it_serves_metrics() -> None:
+    """Scaled services are found by DNS (every replica), the others by name."""
+    expected = {
+        f"{s.name}:{s.http_port}": ",".join(sorted(s.roles)) for s in minitemporal_services()
     }
-    expected_dns = {f"{s.name}:{s.http_port}" for s in minitemporal_services() if s.replicas > 1}
-    assert static - {"127.0.0.1:9090"} == expected_static
-    assert dns == expected_dns, "scaled services are found by DNS (every replica)"
-
-
-def test_prometheus_loads_the_alert_rules() -> None:
+    targets = scrape_targets()
+    targets.pop("127.0.0.1:9090")  # Prometheus itself
+    assert targets == expected
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    assert config["rule_files"] == ["rules.yml"]
-    rules = yaml.safe_load((PROMETHEUS_DIR / "rules.yml").read_text())
-    alerts = [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert "MinitemporalSchedulerDown" in alerts
-    volumes = services()["prometheus"]["volumes"]
-    assert "./deploy/prometheus:/etc/prometheus:ro" in volumes
-    command = services()["prometheus"]["command"]
-    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    by_dns = {
+        name
+        for job in config["scrape_configs"]
+        for dc in job.get("dns_sd_configs", [])
+        for name in dc["names"]
+    }
+    assert by_dns == {s.name for s in minitemporal_services() if s.replicas > 1}
+
+
+def test_alert_rules_select_roles_that_are_scraped() -> None:
+    text = (PROMETHEUS_DIR / "rules.yml").read_text()
+    selected = set(re.findall(r'role\s*=~?\s*"([^"]+)"', text))
+    assert selected, "rules.yml selects no role"
+    assert selected <= set(scrape_targets().values()), selected
 
 
 def test_promtool_accepts_the_prometheus_files() -> None:
