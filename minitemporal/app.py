@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from anyio.abc import TaskGroup
 from grpc_health.v1._async import HealthServicer
 
 from minitemporal.api.app import ApiDeps, create_app
-from minitemporal.config import Settings
+from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.health import Health
@@ -107,6 +108,8 @@ class Runtime:
         s = self.settings
         check_roles(s)
         self._banner()
+        for warning in unknown_variables(os.environ):
+            log.warning(warning)
         async with contextlib.AsyncExitStack() as stack:
             grpc_health = HealthServicer()
             if "scheduler" in self.roles:

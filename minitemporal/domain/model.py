@@ -223,10 +223,14 @@ class CompleteResult:
     queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready, to push to the queue
     finished_jobs: tuple[FinishedJob, ...] = ()
     claimed: tuple[ClaimedTask, ...] = ()  # made ready and claimed for the reporting worker
+    # Per result: already recorded by an earlier delivery of the same report (a retry).
+    duplicate: tuple[bool, ...] = ()
 
     @property
     def accepted(self) -> tuple[bool, ...]:
-        return tuple(e is not None for e in self.enqueued_at)
+        """Per result: recorded now or before; False only for stale attempts."""
+        dup = self.duplicate or (False,) * len(self.enqueued_at)
+        return tuple(e is not None or d for e, d in zip(self.enqueued_at, dup, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

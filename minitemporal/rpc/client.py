@@ -45,6 +45,8 @@ class SchedulerClient:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            # Several schedulers behind one name (DNS, compose alias): spread calls over all.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(address, credentials, options=options)

@@ -145,10 +145,12 @@ class SchedulerService:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
         m = self.metrics
-        for result, enqueued_at in zip(results, outcome.enqueued_at, strict=True):
+        accepted = outcome.accepted
+        for result, enqueued_at, ok in zip(results, outcome.enqueued_at, accepted, strict=True):
             if enqueued_at is None:
-                m.reports_rejected.labels("result").inc()
-                continue
+                if not ok:
+                    m.reports_rejected.labels("result").inc()
+                continue  # stale, or a duplicate delivery already counted
             m.tasks_completed.labels(result.outcome.value).inc()
             if result.started_at is not None:
                 latency = (result.started_at - enqueued_at).total_seconds()
@@ -158,7 +160,7 @@ class SchedulerService:
             if result.outcome in (Outcome.EXIT_CODE, Outcome.TIMEOUT, Outcome.LOST):
                 m.failures.labels(result.outcome.value).inc()
         self.record_finished(outcome.finished_jobs)
-        return list(outcome.accepted), list(outcome.claimed)
+        return list(accepted), list(outcome.claimed)
 
     async def record_lost(self, swept: SweepResult) -> None:
         """Count what the lease sweep gave up on and push what it made ready."""

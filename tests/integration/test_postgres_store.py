@@ -131,7 +131,11 @@ async def test_stale_or_foreign_results_change_nothing(store: PostgresStore) -> 
     assert (await store.complete("w1", [result(stale)])).accepted == (False,)
     assert await states(store, res.job_id) == {"a": NodeState.RUNNING}
     assert (await store.complete("w1", [result(a.ref)])).accepted == (True,)
-    assert (await store.complete("w1", [result(a.ref)])).accepted == (False,), "only once"
+    again = await store.complete("w1", [result(a.ref)])
+    assert again.duplicate == (True,) and again.enqueued_at == (None,), "recorded only once"
+    assert again.finished_jobs == () and again.queued == ()
+    failed_instead = await store.complete("w1", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    assert failed_instead.accepted == (False,), "a different result for it is stale"
 
 
 async def test_failure_without_retries_fails_everything_downstream(store: PostgresStore) -> None:
@@ -385,3 +389,29 @@ async def test_complete_hands_unblocked_children_to_the_reporting_worker(
     assert not last.claimed[0].has_dependents
     done = await store.complete("w", [result(last.claimed[0].ref)], want=4, lease_seconds=30)
     assert done.claimed == () and [f.status.value for f in done.finished_jobs] == ["succeeded"]
+
+
+async def test_heartbeat_releases_attempts_the_worker_does_not_hold(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true", retries=1), NodeSpec("b", "true")))
+    granted = await store.claim("w", res.queued, 3.0)  # grace = max(2, lease/3) = 2 s
+    held = [t for t in granted if t.node_id == "b"]
+    lost_reply = next(t for t in granted if t.node_id == "a")  # the worker never saw this one
+    assert (await store.heartbeat("w", [Beat(held[0].ref)], 3.0)).lost == ()
+    assert (await store.expire_leases()).lost == (), "within the grace: a reply may be in flight"
+    await asyncio.sleep(2.1)
+    await store.heartbeat("w", [Beat(held[0].ref)], 3.0)
+    swept = await store.expire_leases()
+    assert [g.ref for g in swept.lost] == [lost_reply.ref], "released well before its lease"
+    assert await store.requeue_due_retries() == [TaskRef(lost_reply.ref.node, 2)]
+
+
+async def test_a_retried_report_is_acknowledged_not_rejected(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "false", retries=1)))
+    a, b = await store.claim("w", res.queued, 30)
+    reports = [result(a.ref), result(b.ref, Outcome.EXIT_CODE, 1)]
+    first = await store.complete("w", reports)
+    again = await store.complete("w", reports)  # the first reply was lost; the worker retries
+    assert first.accepted == again.accepted == (True, True)
+    assert again.enqueued_at == (None, None) and again.duplicate == (True, True)
+    other = await store.complete("w2", reports)
+    assert other.accepted == (False, False), "someone else's report is still stale"

@@ -422,6 +422,7 @@ class PostgresStore(Store):
             "ids": [b.ref.node for b in beats],
             "attempts": [b.ref.attempt for b in beats],
             "started": [b.started_at for b in beats],
+            "grace": min(max(2.0, lease_seconds / 3), lease_seconds),
         }
 
         async def body(conn: Conn) -> HeartbeatResult:
@@ -444,15 +445,20 @@ class PostgresStore(Store):
         async def body(conn: Conn) -> CompleteResult:
             tx = _Changes(self, conn)
             enqueued: list[datetime | None] = []
+            duplicate: list[bool] = []
             for result in results:
                 params = _result_params(worker_id, result)
                 if result.outcome is Outcome.SUCCEEDED:
-                    enqueued.append(await tx.succeed_running(params))
+                    at = await tx.succeed_running(params)
+                    enqueued.append(at)
+                    duplicate.append(at is None and await self._recorded(conn, params, result))
                     continue
                 node = await self._one(conn, "lock_running", params)
                 if node is None:
                     enqueued.append(None)
+                    duplicate.append(await self._recorded(conn, params, result))
                     continue
+                duplicate.append(False)
                 recorded = await self._one(
                     conn, "record_attempt", {**params, "reason": result.outcome.value}
                 )
@@ -471,9 +477,15 @@ class PostgresStore(Store):
                 queued=tuple(queued),
                 finished_jobs=tuple(tx.finished),
                 claimed=tuple(claimed),
+                duplicate=tuple(duplicate),
             )
 
         return await self._tx(body)
+
+    async def _recorded(self, conn: Conn, params: dict[str, Any], result: TaskResult) -> bool:
+        """The report was already recorded (a retried delivery), not stale."""
+        row = await self._one(conn, "already_recorded", params)
+        return row is not None and row["reason"] == result.outcome.value
 
     def _node_policy(self, node: dict[str, Any]) -> RetryPolicy:
         if node["backoff_base"] is None:
