@@ -415,3 +415,24 @@ async def test_a_retried_report_is_acknowledged_not_rejected(store: PostgresStor
     assert again.enqueued_at == (None, None) and again.duplicate == (True, True)
     other = await store.complete("w2", reports)
     assert other.accepted == (False, False), "someone else's report is still stale"
+
+
+async def test_one_batch_of_results_across_parents_and_jobs(store: PostgresStore) -> None:
+    diamond = await store.submit_job(
+        spec(
+            NodeSpec("b", "true"),
+            NodeSpec("c", "true"),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    single = await store.submit_job(spec(NodeSpec("x", "true")))
+    tasks = await store.claim("w", [*diamond.queued, *single.queued], 30)
+    out = await store.complete("w", [result(t.ref) for t in tasks])
+    assert out.accepted == (True, True, True)
+    assert all(at is not None for at in out.enqueued_at)
+    assert len(out.queued) == 1, "the join is queued once, by both parents at once"
+    assert [(f.job_id, f.status.value) for f in out.finished_jobs] == [(single.job_id, "succeeded")]
+    [d] = await store.claim("w", out.queued, 30)
+    assert d.node_id == "d" and d.ref.attempt == 1
+    final = await store.complete("w", [result(d.ref)])
+    assert [f.job_id for f in final.finished_jobs] == [diamond.job_id]

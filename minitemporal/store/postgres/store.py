@@ -444,25 +444,27 @@ class PostgresStore(Store):
     ) -> CompleteResult:
         async def body(conn: Conn) -> CompleteResult:
             tx = _Changes(self, conn)
-            enqueued: list[datetime | None] = []
-            duplicate: list[bool] = []
-            for result in results:
+            enqueued: list[datetime | None] = [None] * len(results)
+            duplicate = [False] * len(results)
+            wins = [i for i, r in enumerate(results) if r.outcome is Outcome.SUCCEEDED]
+            if wins:
+                recorded = await tx.succeed_running(worker_id, [results[i] for i in wins])
+                for i in wins:
+                    enqueued[i] = recorded.get(results[i].ref.node)
+            for i, result in enumerate(results):
                 params = _result_params(worker_id, result)
                 if result.outcome is Outcome.SUCCEEDED:
-                    at = await tx.succeed_running(params)
-                    enqueued.append(at)
-                    duplicate.append(at is None and await self._recorded(conn, params, result))
+                    if enqueued[i] is None:
+                        duplicate[i] = await self._recorded(conn, params, result)
                     continue
                 node = await self._one(conn, "lock_running", params)
                 if node is None:
-                    enqueued.append(None)
-                    duplicate.append(await self._recorded(conn, params, result))
+                    duplicate[i] = await self._recorded(conn, params, result)
                     continue
-                duplicate.append(False)
-                recorded = await self._one(
+                row = await self._one(
                     conn, "record_attempt", {**params, "reason": result.outcome.value}
                 )
-                enqueued.append(recorded["enqueued_at"] if recorded else None)
+                enqueued[i] = row["enqueued_at"] if row else None
                 await tx.after_failure(node, result.outcome)
             claimed: list[ClaimedTask] = []
             queued = sorted(tx.queued)
@@ -568,25 +570,45 @@ class _Changes:
     async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         return await self.store._one(self.conn, name, params)
 
-    async def succeed_running(self, params: dict[str, Any]) -> datetime | None:
-        """Record a reported success; the attempt's enqueue time, or None if it was stale."""
-        row = await self._succeed(self.store._succeed_running, params)
-        return row["enqueued_at"] if row is not None else None
+    async def succeed_running(
+        self, worker_id: str, results: Sequence[TaskResult]
+    ) -> dict[int, datetime]:
+        """Record reported successes in one statement; the enqueue time of each one recorded
+        (a result missing from the answer was stale or a duplicate)."""
+        r = [_result_params(worker_id, x) for x in results]
+        row = await self._succeed(
+            self.store._succeed_running,
+            {
+                "worker": worker_id,
+                "ids": [p["id"] for p in r],
+                "attempts": [p["attempt"] for p in r],
+                "started": [p["started_at"] for p in r],
+                "finished": [p["finished_at"] for p in r],
+                "codes": [p["exit_code"] for p in r],
+                "out": [p["stdout_tail"] for p in r],
+                "out_bytes": [p["stdout_bytes"] for p in r],
+                "err": [p["stderr_tail"] for p in r],
+                "err_bytes": [p["stderr_bytes"] for p in r],
+            },
+        )
+        return dict(zip(row["recorded_ids"], row["recorded_at"], strict=True)) if row else {}
 
     async def _succeed(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """Run a success head + `unblock_children`; follow up on what it unblocked."""
         cur = await self.conn.execute(query, params)
         row = await cur.fetchone()
-        if row is None or row["job_id"] is None:
+        if row is None or not row["succeeded"]:
             return None
         self.queued.extend(
             TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
         )
         await self.admit_keyed(row["keyed_ids"])
-        if row["key"] is not None:
-            await self.wake_key_waiters(row["key"])
-        if row["unfinished"] == 0:
-            await self.finish_job(row["job_id"], cancelled=row["cancelled"], failed=row["failed"])
+        for key in row["keys"]:
+            await self.wake_key_waiters(key)
+        for job, failed, cancelled in zip(
+            row["done_jobs"], row["done_failed"], row["done_cancelled"], strict=True
+        ):
+            await self.finish_job(job, cancelled=cancelled, failed=failed)
         return row
 
     async def admit_keyed(self, node_ids: Sequence[int]) -> None:
