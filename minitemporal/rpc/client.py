@@ -142,15 +142,22 @@ class SchedulerClient:
         )
 
     async def complete(
-        self, worker_id: str, results: Sequence[TaskResult], *, want: int = 0
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
     ) -> tuple[list[bool], list[ClaimedTask]]:
-        """Report results; also receive up to `want` attempts they unblocked, claimed for us."""
+        """Report results; for `want` free slots, also claim `claim` (refs we popped) and
+        then attempts the results unblocked. Returns acceptance and the attempts now ours."""
         reply = await self._call(
             "CompleteTasks",
             pb.CompleteTasksRequest(
                 worker_id=worker_id,
                 results=[convert.result_to_pb(r) for r in results],
                 want=want,
+                claim=[convert.ref_to_pb(r) for r in claim],
             ),
         )
         return list(reply.accepted), [convert.task_from_pb(t) for t in reply.tasks]

@@ -127,7 +127,10 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         async def body() -> pb.CompleteTasksResponse:
             results = [convert.result_from_pb(r, i) for i, r in enumerate(request.results)]
             want = max(0, min(request.want, 1024))
-            accepted, tasks = await self._s.complete(request.worker_id, results, want=want)
+            claim = [convert.ref_from_pb(r) for r in request.claim]
+            accepted, tasks = await self._s.complete(
+                request.worker_id, results, want=want, claim=claim
+            )
             return pb.CompleteTasksResponse(
                 accepted=accepted,
                 tasks=[convert.task_to_pb(t) for t in tasks],

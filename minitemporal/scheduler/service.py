@@ -136,11 +136,21 @@ class SchedulerService:
         return result
 
     async def complete(
-        self, worker_id: str, results: Sequence[TaskResult], *, want: int = 0
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
     ) -> tuple[list[bool], list[ClaimedTask]]:
         outcome = await self.store.complete(
-            worker_id, results, want=want, lease_seconds=self.lease_seconds
+            worker_id, results, want=want, claim=claim, lease_seconds=self.lease_seconds
         )
+        handed = {t.ref for t in outcome.claimed}
+        if len([r for r in claim if r in handed]) < len(claim[:want]):
+            self.metrics.claims_rejected.inc(
+                len(claim[:want]) - len([r for r in claim if r in handed])
+            )
         if outcome.queued:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)

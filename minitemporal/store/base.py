@@ -101,13 +101,15 @@ class Store(abc.ABC):
         results: Sequence[TaskResult],
         *,
         want: int = 0,
+        claim: Sequence[TaskRef] = (),
         lease_seconds: float = 0.0,
     ) -> CompleteResult:
         """Record finished attempts; queue the downstream nodes they unblock, atomically.
 
         A result whose attempt is not the node's current running attempt held by this worker
-        is rejected (accepted=False) and changes nothing. Up to `want` of the attempts made
-        ready are claimed for this worker in the same transaction (`claimed`); the rest are
+        is rejected (accepted=False) and changes nothing. In the same transaction, for this
+        worker's `want` free slots: the refs of `claim` (popped from the queue) are claimed
+        first, then attempts these results made ready (`claimed`); the rest of those are
         returned in `queued` for the queue.
         """
 

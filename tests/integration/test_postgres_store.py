@@ -436,3 +436,20 @@ async def test_one_batch_of_results_across_parents_and_jobs(store: PostgresStore
     assert d.node_id == "d" and d.ref.attempt == 1
     final = await store.complete("w", [result(d.ref)])
     assert [f.job_id for f in final.finished_jobs] == [diamond.job_id]
+
+
+async def test_complete_claims_popped_refs_first_then_unblocked_children(
+    store: PostgresStore,
+) -> None:
+    chain = await store.submit_job(
+        spec(NodeSpec("a", "true"), NodeSpec("b", "true", depends_on=("a",)))
+    )
+    waiting = await store.submit_job(spec(NodeSpec("x", "echo x"), NodeSpec("y", "echo y")))
+    [a] = await store.claim("w", chain.queued, 30)
+    x_ref, y_ref = waiting.queued
+    stale = TaskRef(x_ref.node, 9)
+    out = await store.complete("w", [result(a.ref)], want=2, claim=[x_ref, stale], lease_seconds=30)
+    assert [t.node_id for t in out.claimed] == ["x", "b"], "queue first, then the child"
+    assert out.queued == ()
+    out = await store.complete("w", [], want=1, claim=[y_ref, x_ref], lease_seconds=30)
+    assert [t.node_id for t in out.claimed] == ["y"], "never more than `want`"

@@ -292,14 +292,16 @@ class TaskResult(_message.Message):
     def __init__(self, ref: _Optional[_Union[TaskRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stdout: _Optional[_Union[Output, _Mapping]] = ..., stderr: _Optional[_Union[Output, _Mapping]] = ...) -> None: ...
 
 class CompleteTasksRequest(_message.Message):
-    __slots__ = ("worker_id", "results", "want")
+    __slots__ = ("worker_id", "results", "want", "claim")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     WANT_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     want: int
-    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., want: _Optional[int] = ...) -> None: ...
+    claim: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., want: _Optional[int] = ..., claim: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
 class CompleteTasksResponse(_message.Message):
     __slots__ = ("accepted", "tasks", "lease_seconds")

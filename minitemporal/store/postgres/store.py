@@ -440,6 +440,7 @@ class PostgresStore(Store):
         results: Sequence[TaskResult],
         *,
         want: int = 0,
+        claim: Sequence[TaskRef] = (),
         lease_seconds: float = 0.0,
     ) -> CompleteResult:
         async def body(conn: Conn) -> CompleteResult:
@@ -467,13 +468,17 @@ class PostgresStore(Store):
                 enqueued[i] = row["enqueued_at"] if row else None
                 await tx.after_failure(node, result.outcome)
             claimed: list[ClaimedTask] = []
+            if want > 0 and claim:  # first in line: what the worker popped from the queue
+                claimed = await self._claim(conn, worker_id, claim[:want], lease_seconds)
             queued = sorted(tx.queued)
-            if want > 0 and queued:
+            room = want - len(claimed)
+            if room > 0 and queued:
                 # Hand the reporting worker what its results unblocked: same transaction,
                 # same compare-and-set claim, no trip through the queue.
-                claimed = await self._claim(conn, worker_id, queued[:want], lease_seconds)
-                taken = {c.ref for c in claimed}
+                handed = await self._claim(conn, worker_id, queued[:room], lease_seconds)
+                taken = {c.ref for c in handed}
                 queued = [r for r in queued if r not in taken]
+                claimed += handed
             return CompleteResult(
                 enqueued_at=tuple(enqueued),
                 queued=tuple(queued),
