@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +21,9 @@ from anyio.abc import TaskGroup
 from grpc_health.v1._async import HealthServicer
 
 from minitemporal.api.app import ApiDeps, create_app
-from minitemporal.config import Settings
+from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
+from minitemporal.failpoints import Failpoints
 from minitemporal.observability.health import Health
 from minitemporal.observability.http import create_ops_app
 from minitemporal.observability.logging import redact_url
@@ -114,6 +116,8 @@ class Runtime:
         s = self.settings
         check_roles(s)
         self._banner()
+        for warning in unknown_variables(os.environ):
+            log.warning(warning)
         async with contextlib.AsyncExitStack() as stack:
             grpc_health = HealthServicer()
             if "scheduler" in self.roles:
@@ -121,12 +125,12 @@ class Runtime:
                 self.queue = build_queue(s)
                 stack.push_async_callback(self.store.close)
                 stack.push_async_callback(self.queue.close)
-                self.health.add("store", self.store.ping)
-                self.health.add("queue", self.queue.ping)
+                self.health.add(self.store.kind, self.store.ping)
+                self.health.add(self.queue.kind, self.queue.ping)
             elif "worker" in self.roles:
                 self.queue = build_queue(s)
                 stack.push_async_callback(self.queue.close)
-                self.health.add("queue", self.queue.ping)
+                self.health.add(self.queue.kind, self.queue.ping)
             if self.roles & {"api", "worker"}:
                 self.client = SchedulerClient(
                     s.resolved_scheduler_address,
@@ -204,6 +208,7 @@ class Runtime:
             self.metrics.scheduler,
             lease_seconds=s.lease_seconds,
             limits=s.limits,
+            failpoints=Failpoints(s.failpoints),
         )
         self.grpc_server, self.grpc_port = build_server(
             service,
@@ -219,15 +224,22 @@ class Runtime:
             service, sweep_seconds=s.sweep_seconds, reconcile_seconds=s.reconcile_seconds
         )
         tg.start_soon(maintenance.run)
-        tg.start_soon(self._track_serving, grpc_health)
+        tg.start_soon(self._track_serving, grpc_health, store)
         return service
 
-    async def _track_serving(self, grpc_health: HealthServicer) -> None:
-        """The gRPC health status follows the store's and queue's health."""
+    async def _track_serving(self, grpc_health: HealthServicer, store: Store) -> None:
+        """The gRPC health status follows the store: without Redis a scheduler still accepts
+        and serves jobs (they run when Redis is back), so only the store makes it unusable."""
         serving = True
         while True:
             await anyio.sleep(1.0)
-            ok, _ = await self.health.run()
+            ok = True
+            with anyio.move_on_after(0.8) as scope:
+                try:
+                    await store.ping()
+                except Unavailable:
+                    ok = False
+            ok = ok and not scope.cancelled_caught
             if ok != serving:
                 serving = ok
                 await set_serving(grpc_health, ok)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,15 @@ import pytest
 import redis
 
 from tests.support.procs import Cluster
-from tests.support.services import REQUIRE_ENV, ServiceUnavailable, postgres_server, redis_server
+from tests.support.services import (
+    REQUIRE_ENV,
+    LocalPostgres,
+    LocalRedis,
+    ServiceUnavailable,
+    postgres_server,
+    redis_server,
+)
+from tests.support.topology import FAST, Ledger
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schema.sql"
 
@@ -124,3 +134,45 @@ def cluster(
         yield c
     finally:
         c.stop_all()
+
+
+# --- for tests that start several processes and break things
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger")
+
+
+@pytest.fixture
+def fast_cluster(cluster: Cluster) -> Cluster:
+    cluster.extra_env.update(FAST)
+    return cluster
+
+
+@pytest.fixture
+def private_redis() -> Iterator[LocalRedis]:
+    root = Path(tempfile.mkdtemp(prefix="minitemporal-redis-"))
+    server = LocalRedis(root)
+    try:
+        server.start()
+    except ServiceUnavailable as exc:
+        _unavailable("a private redis-server", exc)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[LocalPostgres]:
+    server = LocalPostgres()
+    try:
+        server.init()
+        server.start()
+    except ServiceUnavailable as exc:
+        _unavailable("a private PostgreSQL", exc)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)

@@ -109,6 +109,7 @@ class ClaimedTask:
     command: str
     timeout_seconds: float | None
     env: tuple[tuple[str, str], ...] = ()
+    has_dependents: bool = False  # its success may unblock work: see CompleteTasks' `want`
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,18 +220,33 @@ class CompleteResult:
     # One per reported result: the attempt's enqueue time if accepted, None if the attempt
     # was stale (the result was ignored).
     enqueued_at: tuple[datetime | None, ...]
-    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready by these results
+    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready, to push to the queue
     finished_jobs: tuple[FinishedJob, ...] = ()
+    claimed: tuple[ClaimedTask, ...] = ()  # made ready and claimed for the reporting worker
+    # Per result: already recorded by an earlier delivery of the same report (a retry).
+    duplicate: tuple[bool, ...] = ()
 
     @property
     def accepted(self) -> tuple[bool, ...]:
-        return tuple(e is not None for e in self.enqueued_at)
+        """Per result: recorded now or before; False only for stale attempts."""
+        dup = self.duplicate or (False,) * len(self.enqueued_at)
+        return tuple(e is not None or d for e, d in zip(self.enqueued_at, dup, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class GivenUp:
+    """An attempt the scheduler gave up on, with what a log line about it needs."""
+
+    ref: TaskRef
+    job_id: str
+    node_id: str
+    worker_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    lost: tuple[TaskRef, ...] = ()  # attempts whose lease expired
-    timed_out: tuple[TaskRef, ...] = ()  # attempts past their deadline that nobody reported
+    lost: tuple[GivenUp, ...] = ()  # attempts whose lease expired
+    timed_out: tuple[GivenUp, ...] = ()  # attempts past their deadline that nobody reported
     queued: tuple[TaskRef, ...] = ()  # attempts made ready as a consequence
     finished_jobs: tuple[FinishedJob, ...] = ()
 

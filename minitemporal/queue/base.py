@@ -11,6 +11,8 @@ from minitemporal.domain.model import TaskRef
 class TaskQueue(abc.ABC):
     """A set of ready attempts ordered by score (enqueue time); pushing twice is a no-op."""
 
+    kind = "queue"  # what health checks and logs call it: "redis", "in-process queue"
+
     @abc.abstractmethod
     async def open(self) -> None: ...
 
@@ -28,7 +30,8 @@ class TaskQueue(abc.ABC):
 
     @abc.abstractmethod
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
-        """Take up to `max_items` lowest-score refs, waiting up to `timeout` s for the first."""
+        """Take up to `max_items` lowest-score refs, waiting up to `timeout` s for the first
+        (`timeout` 0: take what is there, without waiting)."""
 
     @abc.abstractmethod
     async def remove(self, refs: Sequence[TaskRef]) -> None: ...

@@ -12,6 +12,8 @@ from minitemporal.queue.base import TaskQueue
 
 
 class MemoryQueue(TaskQueue):
+    kind = "in-process queue"
+
     def __init__(self) -> None:
         self._heap: list[tuple[float, TaskRef]] = []
         # The members and their scores. A heap entry whose member was removed, or pushed again
@@ -50,6 +52,8 @@ class MemoryQueue(TaskQueue):
         return out
 
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
+        if timeout <= 0:
+            return self._take(max_items)
         with anyio.move_on_after(timeout):
             while True:
                 taken = self._take(max_items)

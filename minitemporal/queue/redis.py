@@ -22,6 +22,8 @@ from minitemporal.queue.base import TaskQueue
 
 
 class RedisQueue(TaskQueue):
+    kind = "redis"
+
     def __init__(self, url: str, *, prefix: str = "minitemporal", op_timeout: float = 2.0) -> None:
         self._url = url
         self._ready = f"{prefix}:ready"
@@ -71,16 +73,17 @@ class RedisQueue(TaskQueue):
 
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
         try:
-            reply = await self._client(blocking=True).bzmpop(
-                timeout, 1, [self._ready], min=True, count=max_items
-            )
+            if timeout <= 0:  # BZMPOP's 0 would mean "forever"
+                members = await self._client().zpopmin(self._ready, max_items)
+            else:
+                reply = await self._client(blocking=True).bzmpop(
+                    timeout, 1, [self._ready], min=True, count=max_items
+                )
+                members = reply[1] if reply else []
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         except RedisError as exc:
             raise Unavailable(f"Redis error: {exc}") from exc
-        if not reply:
-            return []
-        _key, members = reply
         refs = []
         for member, _score in members:
             try:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from minitemporal.errors import Unavailable
+from minitemporal.observability.logging import task_fields
 from minitemporal.scheduler.service import SchedulerService
 
 log = logging.getLogger("minitemporal.scheduler.maintenance")
@@ -74,12 +75,13 @@ class Maintenance:
         given_up = swept.lost + swept.timed_out
         if given_up:
             self.service.metrics.rescued.labels("lost_attempt").inc(len(given_up))
-            log.warning(
-                "attempts given up (%d lease expired, %d overdue): %s",
-                len(swept.lost),
-                len(swept.timed_out),
-                ", ".join(r.encode() for r in given_up[:20]),
-            )
+        for what, attempts in (("lease expired", swept.lost), ("overdue", swept.timed_out)):
+            for g in attempts:
+                log.warning(
+                    "attempt given up: %s",
+                    what,
+                    extra=task_fields(g.job_id, g.node_id, g.ref.attempt, g.worker_id or ""),
+                )
         await self.service.record_lost(swept)
 
     async def check_queue(self) -> None:

@@ -27,6 +27,7 @@ from minitemporal.domain.model import (
     ClaimedTask,
     CompleteResult,
     FinishedJob,
+    GivenUp,
     HeartbeatResult,
     JobPage,
     JobSpec,
@@ -60,17 +61,18 @@ JobKey = Any
 
 
 class Succeeded(TypedDict):
-    """What recording a success did, in the transaction that recorded it."""
+    """What recording successes did, in the transaction that recorded them."""
 
-    job_id: JobKey
-    key: str | None  # the node's idempotency key
-    enqueued_at: datetime | None  # of the attempt (None for a cached success)
-    unfinished: int  # the job's nodes not yet final, this one counted
-    failed: int
-    cancelled: bool
+    recorded_ids: list[int]  # nodes whose reported success was recorded now, ascending
+    recorded_at: list[datetime]  # the enqueue time of each one's attempt, in that order
+    keys: list[str]  # the idempotency keys of the nodes that succeeded
     ready_ids: list[int]  # children now queued (attempt 1), ascending
     ready_attempts: list[int]
     keyed_ids: list[int]  # children now ready but holding an idempotency key, ascending
+    done_jobs: list[JobKey]  # jobs left with no unfinished node, ascending
+    done_failed: list[int]  # their failed nodes
+    done_cancelled: list[bool]  # whether their cancel was requested
+    succeeded: int  # how many nodes succeeded
 
 
 class LockedNode(TypedDict):
@@ -88,8 +90,14 @@ class LockedNode(TypedDict):
     cancelled: bool  # its job's cancel was requested
 
 
-class ExpiredNode(LockedNode):
+class HeldNode(LockedNode):
+    """A locked running node, with what a log line about giving it up needs."""
+
+    node_id: str
     worker_id: str | None
+
+
+class ExpiredNode(HeldNode):
     overdue: bool  # past its deadline (timeout plus one lease), not just its lease
 
 
@@ -176,7 +184,7 @@ class Tx(abc.ABC):
     @abc.abstractmethod
     async def claim(self, worker: str, refs: Sequence[TaskRef], lease: float) -> list[Row]:
         """queued -> running for refs that are current; one attempt row each. Rows: id,
-        attempt, job_id, node_id, command, timeout_seconds, env."""
+        attempt, job_id, node_id, command, timeout_seconds, env, has_dependents."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker: str, beats: Sequence[Beat], lease: float) -> list[Row]:
@@ -184,13 +192,25 @@ class Tx(abc.ABC):
         Rows, one per lease still held: id, attempt, cancel."""
 
     @abc.abstractmethod
-    async def succeed_running(self, params: Row) -> Succeeded | None:
-        """Record the success of a running attempt held by params' worker, unblock its
-        children and count it on its job; None if the attempt is not current."""
+    async def lock_unlisted(
+        self, worker: str, beats: Sequence[Beat], lease: float, grace: float
+    ) -> list[HeldNode]:
+        """Running attempts granted to the worker over `grace` seconds ago that its heartbeat
+        does not list (the claim reply was lost, or it restarted under the same id), locked."""
+
+    @abc.abstractmethod
+    async def succeed_running(self, worker: str, params: list[Row]) -> Succeeded | None:
+        """Record the successes of running attempts held by the worker, unblock children whose
+        last pending dependencies these were, count the nodes on their jobs; None if no
+        attempt was current."""
 
     @abc.abstractmethod
     async def succeed_cached(self, node: int, source: int) -> Succeeded | None:
         """Succeed a ready keyed node from `source`'s recorded result, as above."""
+
+    @abc.abstractmethod
+    async def already_recorded(self, params: Row) -> str | None:
+        """The reason recorded for this attempt of params' worker, if it finished already."""
 
     @abc.abstractmethod
     async def lock_running(self, params: Row) -> LockedNode | None:
@@ -405,25 +425,22 @@ class SqlStore(Store):
             return []
 
         async def body(tx: Tx) -> list[ClaimedTask]:
-            return [
-                ClaimedTask(
-                    ref=TaskRef(r["id"], r["attempt"]),
-                    job_id=str(r["job_id"]),
-                    node_id=r["node_id"],
-                    command=r["command"],
-                    timeout_seconds=r["timeout_seconds"],
-                    env=tuple((k, v) for k, v in r["env"]),
-                )
-                for r in await tx.claim(worker_id, refs, lease_seconds)
-            ]
+            return await _claim(tx, worker_id, refs, lease_seconds)
 
         return await self._write(body)
 
     async def heartbeat(
         self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
     ) -> HeartbeatResult:
+        grace = max(0.5, lease_seconds / 3)  # a claim reply may still be on its way
+
         async def body(tx: Tx) -> HeartbeatResult:
             rows = await tx.heartbeat(worker_id, beats, lease_seconds)
+            changes = Changes(self, tx)
+            for node in await tx.lock_unlisted(worker_id, beats, lease_seconds, grace):
+                # Not the worker's any more: given back at once, not a whole lease later.
+                await tx.record_attempt(given_up(node, Outcome.INTERRUPTED))
+                await changes.after_failure(node, Outcome.INTERRUPTED)
             held = {TaskRef(r["id"], r["attempt"]): r["cancel"] for r in rows}
             cancel = tuple(ref for ref, c in held.items() if c)
             lost = tuple(b.ref for b in beats if b.ref not in held)
@@ -431,25 +448,54 @@ class SqlStore(Store):
 
         return await self._write(body)
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
+        lease_seconds: float = 0.0,
+    ) -> CompleteResult:
         async def body(tx: Tx) -> CompleteResult:
             changes = Changes(self, tx)
-            enqueued: list[datetime | None] = []
-            for result in results:
-                params = result_params(worker_id, result)
+            params = [result_params(worker_id, r) for r in results]
+            enqueued: list[datetime | None] = [None] * len(results)
+            duplicate = [False] * len(results)
+            wins = [i for i, r in enumerate(results) if r.outcome is Outcome.SUCCEEDED]
+            if wins:
+                recorded = await changes.succeed_running(worker_id, [params[i] for i in wins])
+                for i in wins:
+                    enqueued[i] = recorded.get(results[i].ref.node)
+            for i, result in enumerate(results):
                 if result.outcome is Outcome.SUCCEEDED:
-                    enqueued.append(await changes.succeed_running(params))
+                    if enqueued[i] is None:
+                        duplicate[i] = await _recorded(tx, params[i], result)
                     continue
-                node = await tx.lock_running(params)
+                node = await tx.lock_running(params[i])
                 if node is None:
-                    enqueued.append(None)
+                    duplicate[i] = await _recorded(tx, params[i], result)
                     continue
-                enqueued.append(await tx.record_attempt({**params, "reason": result.outcome.value}))
+                enqueued[i] = await tx.record_attempt({**params[i], "reason": result.outcome.value})
                 await changes.after_failure(node, result.outcome)
+            claimed: list[ClaimedTask] = []
+            if want > 0 and claim:  # first in line: what the worker popped from the queue
+                claimed = await _claim(tx, worker_id, claim[:want], lease_seconds)
+            queued = sorted(changes.queued)
+            room = want - len(claimed)
+            if room > 0 and queued:
+                # Hand the reporting worker what its results unblocked: same transaction,
+                # same compare-and-set claim, no trip through the queue.
+                handed = await _claim(tx, worker_id, queued[:room], lease_seconds)
+                taken = {c.ref for c in handed}
+                queued = [r for r in queued if r not in taken]
+                claimed += handed
             return CompleteResult(
                 enqueued_at=tuple(enqueued),
-                queued=tuple(changes.queued),
+                queued=tuple(queued),
                 finished_jobs=tuple(changes.finished),
+                claimed=tuple(claimed),
+                duplicate=tuple(duplicate),
             )
 
         return await self._write(body)
@@ -466,12 +512,15 @@ class SqlStore(Store):
     async def expire_leases(self, limit: int = 1000) -> SweepResult:
         async def body(tx: Tx) -> SweepResult:
             changes = Changes(self, tx)
-            gone: dict[Outcome, list[TaskRef]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
+            gone: dict[Outcome, list[GivenUp]] = {Outcome.LOST: [], Outcome.TIMEOUT: []}
             for node in await tx.lock_expired(limit):
                 outcome = Outcome.TIMEOUT if node["overdue"] else Outcome.LOST
                 await tx.record_attempt(given_up(node, outcome))
                 await changes.after_failure(node, outcome)
-                gone[outcome].append(TaskRef(node["id"], node["attempt"]))
+                ref = TaskRef(node["id"], node["attempt"])
+                gone[outcome].append(
+                    GivenUp(ref, str(node["job_id"]), node["node_id"], node["worker_id"])
+                )
             return SweepResult(
                 lost=tuple(gone[Outcome.LOST]),
                 timed_out=tuple(gone[Outcome.TIMEOUT]),
@@ -514,26 +563,27 @@ class Changes:
         self.queued: list[TaskRef] = []
         self.finished: list[FinishedJob] = []
 
-    async def succeed_running(self, params: Row) -> datetime | None:
-        """Record a reported success; the attempt's enqueue time, or None if it was stale."""
-        done = await self.tx.succeed_running(params)
+    async def succeed_running(self, worker_id: str, params: list[Row]) -> dict[int, datetime]:
+        """Record reported successes; the enqueue time of each one recorded (a result missing
+        from the answer was stale or a duplicate)."""
+        done = await self.tx.succeed_running(worker_id, params)
         if done is None:
-            return None
+            return {}
         await self._after_success(done)
-        return done["enqueued_at"]
+        return dict(zip(done["recorded_ids"], done["recorded_at"], strict=True))
 
     async def _after_success(self, done: Succeeded) -> None:
-        """Follow up on what a success unblocked, released and finished."""
+        """Follow up on what successes unblocked, released and finished."""
         self.queued.extend(
             TaskRef(i, a) for i, a in zip(done["ready_ids"], done["ready_attempts"], strict=True)
         )
         await self.admit_keyed(done["keyed_ids"])
-        if done["key"] is not None:
-            await self.wake_key_waiters(done["key"])
-        if done["unfinished"] == 0:
-            await self.finish_job(
-                done["job_id"], cancelled=done["cancelled"], failed=done["failed"]
-            )
+        for key in done["keys"]:
+            await self.wake_key_waiters(key)
+        for job, failed, cancelled in zip(
+            done["done_jobs"], done["done_failed"], done["done_cancelled"], strict=True
+        ):
+            await self.finish_job(job, cancelled=cancelled, failed=failed)
 
     async def admit_keyed(self, node_ids: Sequence[int]) -> None:
         """Ready nodes with an idempotency key: reuse a result, wait, or queue (domain rule)."""
@@ -602,6 +652,29 @@ class Changes:
         duration = await self.tx.finish_job(job, status)
         if duration is not None:
             self.finished.append(FinishedJob(str(job), status, duration))
+
+
+# --- steps used by several operations
+async def _claim(
+    tx: Tx, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
+) -> list[ClaimedTask]:
+    return [
+        ClaimedTask(
+            ref=TaskRef(r["id"], r["attempt"]),
+            job_id=str(r["job_id"]),
+            node_id=r["node_id"],
+            command=r["command"],
+            timeout_seconds=r["timeout_seconds"],
+            env=tuple((k, v) for k, v in r["env"]),
+            has_dependents=r["has_dependents"],
+        )
+        for r in await tx.claim(worker_id, refs, lease_seconds)
+    ]
+
+
+async def _recorded(tx: Tx, params: Row, result: TaskResult) -> bool:
+    """The report was already recorded (a retried delivery), not stale."""
+    return await tx.already_recorded(params) == result.outcome.value
 
 
 # --- reads

@@ -163,3 +163,15 @@ async def test_pop_waits_no_longer_than_its_timeout(queue: TaskQueue) -> None:
     start = time.monotonic()
     assert await queue.pop(5, 0.3) == []
     assert 0.2 < time.monotonic() - start < 2.0
+
+
+async def test_pop_with_no_timeout_takes_what_is_there(queue: TaskQueue) -> None:
+    start = time.monotonic()
+    assert await queue.pop(5, 0) == [], "timeout 0: do not wait (BZMPOP's 0 is forever)"
+    await queue.push([(TaskRef(1, 1), 1.0), (TaskRef(2, 1), 2.0)])
+    assert await queue.pop(1, 0) == [TaskRef(1, 1)]
+    assert time.monotonic() - start < 1.0
+
+
+async def test_every_backend_names_its_kind(queue: TaskQueue) -> None:
+    assert queue.kind in ("redis", "in-process queue")

@@ -9,6 +9,7 @@ here, at the boundary.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from minitemporal.domain.model import (
 from minitemporal.errors import Unavailable
 from minitemporal.store.common import (
     ExpiredNode,
+    HeldNode,
     JobCount,
     JobKey,
     LockedNode,
@@ -48,6 +50,8 @@ _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
 
 
 class PostgresStore(SqlStore):
+    kind = "postgresql"
+
     def __init__(
         self,
         url: str,
@@ -82,6 +86,7 @@ class PostgresStore(SqlStore):
                 "application_name": "minitemporal",
             },
             reconnect_timeout=float("inf"),  # never give up: the scheduler outlives outages
+            check=_check_if_idle,
             name="minitemporal",
         )
         await self._pool.open(wait=False)
@@ -177,7 +182,13 @@ class _PgTx(Tx):
 
     async def insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
         inserted = await self._all("insert_nodes", {"job": job, "nodes": Jsonb(nodes)})
-        await self._conn.execute(self._q["insert_edges"], {"job": job})
+        key_of = {r["node_id"]: r["id"] for r in inserted}
+        edges = [(key_of[d], key_of[n["id"]]) for n in nodes for d in n["depends_on"]]
+        if edges:
+            await self._conn.execute(
+                self._q["insert_edges"],
+                {"parents": [p for p, _ in edges], "children": [c for _, c in edges]},
+            )
         return inserted
 
     async def get_job(self, job: JobKey) -> Row | None:
@@ -242,17 +253,41 @@ class _PgTx(Tx):
         }
         return await self._all("heartbeat", params)
 
+    async def lock_unlisted(
+        self, worker: str, beats: Sequence[Beat], lease: float, grace: float
+    ) -> list[HeldNode]:
+        params = {"worker": worker, "ids": [b.ref.node for b in beats], "lease": lease}
+        rows = await self._all("lock_unlisted", {**params, "grace": grace})
+        return cast(list[HeldNode], rows)
+
     async def _succeed(self, name: str, params: dict[str, Any]) -> Succeeded | None:
         row = await self._one(name, params)  # a head + `unblock_children`: one round trip
-        if row is None or row["job_id"] is None:
+        if row is None or not row["succeeded"]:
             return None
         return cast(Succeeded, row)
 
-    async def succeed_running(self, params: Row) -> Succeeded | None:
-        return await self._succeed("succeed_running", params)
+    async def succeed_running(self, worker: str, params: list[Row]) -> Succeeded | None:
+        """One statement for the whole batch, its columns as arrays."""
+        columns = {
+            "ids": "id",
+            "attempts": "attempt",
+            "started": "started_at",
+            "finished": "finished_at",
+            "codes": "exit_code",
+            "out": "stdout_tail",
+            "out_bytes": "stdout_bytes",
+            "err": "stderr_tail",
+            "err_bytes": "stderr_bytes",
+        }
+        arrays = {name: [p[column] for p in params] for name, column in columns.items()}
+        return await self._succeed("succeed_running", {"worker": worker, **arrays})
 
     async def succeed_cached(self, node: int, source: int) -> Succeeded | None:
         return await self._succeed("succeed_cached", {"id": node, "source": source})
+
+    async def already_recorded(self, params: Row) -> str | None:
+        row = await self._one("already_recorded", params)
+        return row["reason"] if row is not None else None
 
     async def lock_running(self, params: Row) -> LockedNode | None:
         return cast(LockedNode | None, await self._one("lock_running", params))
@@ -311,3 +346,19 @@ class _PgTx(Tx):
 
     async def queued_tasks(self, age: float, limit: int) -> list[Row]:
         return await self._all("queued_tasks", {"age": age, "limit": limit})
+
+
+IDLE_CHECK_SECONDS = 1.0
+
+
+async def _check_if_idle(conn: Conn) -> None:
+    """Ping a pooled connection that sat idle, so that after a PostgreSQL restart the pool
+    replaces dead connections instead of failing one request each; a connection in steady use
+    is not pinged (no extra round trip on the hot path)."""
+    now = time.monotonic()
+    last = getattr(conn, "_minitemporal_last_checked", 0.0)
+    conn._minitemporal_last_checked = now  # type: ignore[attr-defined]
+    if now - last > IDLE_CHECK_SECONDS:
+        await conn.execute("SELECT 1")
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()

@@ -32,7 +32,8 @@ UPDATE nodes
 SET state = 'running', worker_id = :worker, lease_until = :now + :lease,
     deadline_at = :now + CAST(round((timeout_seconds * 1000000) + :lease) AS INTEGER)
 WHERE id = :id AND attempt = :attempt AND state = 'queued'
-RETURNING id, attempt, job_id, node_id, command, timeout_seconds, env, enqueued_at;
+RETURNING id, attempt, job_id, node_id, command, timeout_seconds, env, enqueued_at,
+          EXISTS (SELECT 1 FROM node_edges e WHERE e.parent_id = nodes.id) AS has_dependents;
 
 -- name: record_claim
 INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
@@ -54,6 +55,23 @@ WHERE node_id = :id AND attempt = :attempt AND started_at IS NULL
 INSERT INTO workers (worker_id, last_seen_at, running) VALUES (:worker, :now, :running)
 ON CONFLICT (worker_id) DO UPDATE
 SET last_seen_at = excluded.last_seen_at, running = excluded.running;
+
+-- name: lock_unlisted
+-- Attempts this worker was granted over `grace` ago; those its heartbeat lists are left out
+-- by the caller. They are given back at once (not counted against retries).
+SELECT n.id, n.job_id, n.node_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+       n.backoff_base, n.backoff_factor, n.backoff_max, n.worker_id,
+       j.cancel_requested_at IS NOT NULL AS cancelled
+FROM nodes n JOIN jobs j ON j.id = n.job_id
+WHERE n.state = 'running' AND n.worker_id = :worker
+  AND n.lease_until < :now + :lease - :grace
+ORDER BY n.id;
+
+-- name: already_recorded
+-- A report whose compare-and-set failed: is it a retry of one already recorded?
+SELECT reason FROM attempts
+WHERE node_id = :id AND attempt = :attempt AND worker_id = :worker
+  AND finished_at IS NOT NULL;
 
 -- name: succeed_running
 UPDATE nodes
@@ -169,7 +187,7 @@ RETURNING id, attempt;
 -- name: lock_expired
 -- Running attempts whose worker stopped renewing the lease, or that are overdue (timeout plus
 -- one lease: the worker should have killed and reported them by then).
-SELECT n.id, n.job_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+SELECT n.id, n.job_id, n.node_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
        n.backoff_base, n.backoff_factor, n.backoff_max, n.worker_id,
        j.cancel_requested_at IS NOT NULL AS cancelled,
        n.deadline_at IS NOT NULL AND n.deadline_at < :now AS overdue

@@ -42,6 +42,7 @@ import random
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +61,7 @@ from minitemporal.domain.model import (
 from minitemporal.errors import ConfigurationError, Unavailable
 from minitemporal.store.common import (
     ExpiredNode,
+    HeldNode,
     JobCount,
     JobKey,
     LockedNode,
@@ -78,7 +80,9 @@ DEFAULT_FILE = "minitemporal.db"
 MIN_VERSION = (3, 35, 0)  # RETURNING (3.35), row values and window functions (older)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_BOOLEANS = frozenset({"cached", "key_wait", "cancel", "cancelled", "in_flight", "overdue"})
+_BOOLEANS = frozenset(
+    {"cached", "key_wait", "cancel", "cancelled", "in_flight", "overdue", "has_dependents"}
+)
 _JSON = frozenset({"depends_on", "env"})
 _TIMES = ("_at", "_until")
 # Errors at open that waiting can cure; any other (not a database, corrupt, read-only) cannot.
@@ -334,6 +338,8 @@ class _Writer:
 
 # --- the store
 class SqliteStore(SqlStore):
+    kind = "sqlite"
+
     def __init__(
         self,
         path: str,
@@ -593,39 +599,68 @@ class _SqliteTx(Tx):
         self._run("worker_seen", {"worker": worker, "running": len(beats)})
         return held
 
-    def _unblock(self, done: Row, enqueued_at: datetime | None) -> Succeeded | None:
-        """Unblock the children of a node that just succeeded and count it on its job."""
-        children = self._all("unblock_children", {"id": done["id"]})
-        job = self._one("count_finished", {"job": done["job_id"], "finished": 1, "failed": 0})
-        if job is None:  # pragma: no cover - nodes reference their job
-            return None
-        ready = sorted((c["id"], c["attempt"]) for c in children if c["state"] == "queued")
-        return Succeeded(
-            job_id=job["id"],
-            key=done["idempotency_key"],
-            enqueued_at=enqueued_at,
-            unfinished=job["nodes_unfinished"],
-            failed=job["nodes_failed"],
-            cancelled=job["cancelled"],
-            ready_ids=[i for i, _ in ready],
-            ready_attempts=[a for _, a in ready],
-            keyed_ids=sorted(
-                c["id"]
-                for c in children
-                if c["deps_pending"] == 0 and c["idempotency_key"] is not None
-            ),
-        )
+    async def lock_unlisted(
+        self, worker: str, beats: Sequence[Beat], lease: float, grace: float
+    ) -> list[HeldNode]:
+        listed = {b.ref.node for b in beats}
+        params = {"worker": worker, "lease": _seconds(lease), "grace": _seconds(grace)}
+        rows = self._all("lock_unlisted", params)
+        return cast(list[HeldNode], [r for r in rows if r["id"] not in listed])
 
-    async def succeed_running(self, params: Row) -> Succeeded | None:
-        done = self._one("succeed_running", params)
-        if done is None:
-            return None
-        enqueued_at = await self.record_attempt({**params, "reason": "succeeded"})
-        return self._unblock(done, enqueued_at)
+    async def succeed_running(self, worker: str, params: list[Row]) -> Succeeded | None:
+        done: list[Row] = []
+        recorded: dict[int, datetime] = {}
+        for p in params:
+            row = self._one("succeed_running", {**p, "worker": worker})
+            if row is None:
+                continue  # stale, or recorded already
+            done.append(row)
+            enqueued_at = await self.record_attempt({**p, "reason": "succeeded"})
+            if enqueued_at is not None:
+                recorded[row["id"]] = enqueued_at
+        return self._follow_successes(done, recorded)
 
     async def succeed_cached(self, node: int, source: int) -> Succeeded | None:
         done = self._one("succeed_cached", {"id": node, "source": source})
-        return self._unblock(done, None) if done is not None else None
+        return self._follow_successes([done], {}) if done is not None else None
+
+    def _follow_successes(self, done: list[Row], recorded: dict[int, datetime]) -> Succeeded | None:
+        """Unblock the children of nodes that just succeeded and count them on their jobs."""
+        if not done:
+            return None
+        ready: list[tuple[int, int]] = []
+        keyed: list[int] = []
+        for node in done:
+            for child in self._all("unblock_children", {"id": node["id"]}):
+                if child["state"] == "queued":
+                    ready.append((child["id"], child["attempt"]))
+                elif child["deps_pending"] == 0 and child["idempotency_key"] is not None:
+                    keyed.append(child["id"])
+        counted = [
+            self._one("count_finished", {"job": job, "finished": n, "failed": 0})
+            for job, n in Counter(node["job_id"] for node in done).items()
+        ]
+        finished = sorted(
+            (c for c in counted if c is not None and c["nodes_unfinished"] == 0),
+            key=lambda c: c["id"],
+        )
+        ready.sort()
+        return Succeeded(
+            recorded_ids=sorted(recorded),
+            recorded_at=[recorded[i] for i in sorted(recorded)],
+            keys=sorted({n["idempotency_key"] for n in done if n["idempotency_key"] is not None}),
+            ready_ids=[i for i, _ in ready],
+            ready_attempts=[a for _, a in ready],
+            keyed_ids=sorted(keyed),
+            done_jobs=[c["id"] for c in finished],
+            done_failed=[c["nodes_failed"] for c in finished],
+            done_cancelled=[c["cancelled"] for c in finished],
+            succeeded=len(done),
+        )
+
+    async def already_recorded(self, params: Row) -> str | None:
+        row = self._one("already_recorded", params)
+        return row["reason"] if row is not None else None
 
     async def lock_running(self, params: Row) -> LockedNode | None:
         return cast(LockedNode | None, self._one("lock_running", params))
