@@ -146,8 +146,9 @@ class Runtime:
                 tg.start_soon(self._serve_http)
                 if self.store is not None and self.queue is not None:
                     service = await self._start_scheduler(tg, grpc_health, self.store, self.queue)
-                    if service is None:
-                        return  # stopped while waiting for the store
+                    if service is None:  # stopped while waiting for the store
+                        tg.cancel_scope.cancel()  # the http server and signal watcher too
+                        return
                 elif self.queue is not None:
                     await self._open_with_retry("queue", self.queue.open)
                 worker_done = anyio.Event()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -226,4 +228,27 @@ def test_attempts_left_queued_are_pushed_again_after_a_restart(tmp_path: Path) -
         assert all(n["worker_id"] == "second" for n in job["nodes"])
         api.close()
     finally:
+        cluster.stop_all()
+
+
+def test_sigterm_while_the_database_is_locked_stops_the_process(tmp_path: Path) -> None:
+    """Another process holds the file's write lock: the store is not ready, and SIGTERM must
+    still stop the process (it used to keep serving http, waiting for nothing)."""
+    db = tmp_path / "minitemporal.db"
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("CREATE TABLE IF NOT EXISTS held (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    cluster = Cluster(tmp_path, database_url=None, redis_url=None)
+    try:
+        proc = cluster.add("locked", "all", grpc_port=free_port()).start()
+        deadline = time.monotonic() + 30
+        while "store not ready" not in proc.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "database is locked" in proc.log()
+        proc.signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert proc.stop(timeout=20) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        holder.close()
         cluster.stop_all()

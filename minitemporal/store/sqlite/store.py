@@ -373,7 +373,11 @@ class SqliteStore(SqlStore):
         writer = _Writer(self._prepare)
         try:
             await asyncio.wrap_future(writer.start())
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # cancelled mid-open: end the thread too
+                await anyio.to_thread.run_sync(writer.stop)
+            if not isinstance(exc, sqlite3.Error):
+                raise
             message = f"cannot open the SQLite database {self.path}: {exc}"
             if getattr(exc, "sqlite_errorname", "").startswith(_TRANSIENT):
                 raise Unavailable(message) from exc
