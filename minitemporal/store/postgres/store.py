@@ -101,6 +101,10 @@ class PostgresStore(Store):
             open=False,
             timeout=self._acquire_timeout,
             kwargs={
+                # Autocommit: a single-statement operation (a claim) is its own transaction,
+                # one round trip instead of BEGIN, statement, COMMIT. Operations of several
+                # statements open an explicit transaction (`_tx`).
+                "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": max(1, round(self._connect_timeout)),
                 "application_name": "minitemporal",
@@ -130,7 +134,7 @@ class PostgresStore(Store):
         async def one(conn: Conn) -> None:
             await conn.execute("SELECT 1")
 
-        await self._tx(one)
+        await self._tx(one, single=True)
 
     # --- plumbing
     @asynccontextmanager
@@ -147,12 +151,20 @@ class PostgresStore(Store):
                 raise
             raise Unavailable(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
 
-    async def _tx(self, body: Callable[[Conn], Awaitable[T]], attempts: int = 3) -> T:
-        """Run `body` in one transaction; retry it on deadlock or serialization failure."""
+    async def _tx(
+        self, body: Callable[[Conn], Awaitable[T]], attempts: int = 3, *, single: bool = False
+    ) -> T:
+        """Run `body` in one transaction; retry it on deadlock or serialization failure.
+
+        `single`: `body` runs exactly one statement, which autocommit makes a transaction.
+        """
         for attempt in range(1, attempts + 1):
             try:
-                async with self._connection() as conn, conn.transaction():
-                    return await body(conn)
+                async with self._connection() as conn:
+                    if single:
+                        return await body(conn)
+                    async with conn.transaction():
+                        return await body(conn)
             except _RETRYABLE:
                 if attempt == attempts:
                     raise Unavailable("PostgreSQL transaction kept conflicting") from None
@@ -389,7 +401,9 @@ class PostgresStore(Store):
     ) -> list[ClaimedTask]:
         if not refs:
             return []
-        return await self._tx(lambda conn: self._claim(conn, worker_id, refs, lease_seconds))
+        return await self._tx(
+            lambda conn: self._claim(conn, worker_id, refs, lease_seconds), single=True
+        )
 
     async def _claim(
         self, conn: Conn, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
@@ -714,9 +728,7 @@ async def _check_if_idle(conn: Conn) -> None:
     last = getattr(conn, "_minitemporal_last_checked", 0.0)
     conn._minitemporal_last_checked = now  # type: ignore[attr-defined]
     if now - last > IDLE_CHECK_SECONDS:
-        await conn.execute("SELECT 1")
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.rollback()
+        await conn.execute("SELECT 1")  # autocommit: leaves no transaction open
 
 
 def _attempt_view(a: dict[str, Any]) -> AttemptView:
