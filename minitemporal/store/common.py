@@ -294,8 +294,12 @@ class SqlStore(Store):
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
 
     @abc.abstractmethod
-    async def _write(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run `body` in one write transaction; it commits only if `body` returns."""
+    async def _write(self, body: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
+        """Run `body` in one write transaction; it commits only if `body` returns.
+
+        `single`: `body` runs exactly one statement, so a backend whose statements commit on
+        their own may skip BEGIN and COMMIT.
+        """
 
     @abc.abstractmethod
     async def _read(self, body: Callable[[Tx], Awaitable[T]]) -> T:
@@ -427,7 +431,7 @@ class SqlStore(Store):
         async def body(tx: Tx) -> list[ClaimedTask]:
             return await _claim(tx, worker_id, refs, lease_seconds)
 
-        return await self._write(body)
+        return await self._write(body, single=True)  # one statement in PostgreSQL
 
     async def heartbeat(
         self, worker_id: str, beats: Sequence[Beat], lease_seconds: float

@@ -81,6 +81,10 @@ class PostgresStore(SqlStore):
             open=False,
             timeout=self._acquire_timeout,
             kwargs={
+                # Autocommit: a single-statement operation (a claim) is its own transaction,
+                # one round trip instead of BEGIN, statement, COMMIT. Operations of several
+                # statements open an explicit transaction (`_tx`).
+                "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": max(1, round(self._connect_timeout)),
                 "application_name": "minitemporal",
@@ -110,7 +114,7 @@ class PostgresStore(SqlStore):
         async def one(conn: Conn) -> None:
             await conn.execute("SELECT 1")
 
-        await self._tx(one)
+        await self._tx(one, single=True)
 
     # --- plumbing
     @asynccontextmanager
@@ -127,19 +131,27 @@ class PostgresStore(SqlStore):
                 raise
             raise Unavailable(f"PostgreSQL is unavailable: {type(exc).__name__}") from exc
 
-    async def _tx(self, body: Callable[[Conn], Awaitable[T]], attempts: int = 3) -> T:
-        """Run `body` in one transaction; retry it on deadlock or serialization failure."""
+    async def _tx(
+        self, body: Callable[[Conn], Awaitable[T]], attempts: int = 3, *, single: bool = False
+    ) -> T:
+        """Run `body` in one transaction; retry it on deadlock or serialization failure.
+
+        `single`: `body` runs exactly one statement, which autocommit makes a transaction.
+        """
         for attempt in range(1, attempts + 1):
             try:
-                async with self._connection() as conn, conn.transaction():
-                    return await body(conn)
+                async with self._connection() as conn:
+                    if single:
+                        return await body(conn)
+                    async with conn.transaction():
+                        return await body(conn)
             except _RETRYABLE:
                 if attempt == attempts:
                     raise Unavailable("PostgreSQL transaction kept conflicting") from None
         raise AssertionError("unreachable")
 
-    async def _write(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        return await self._tx(lambda conn: body(_PgTx(self._q, conn)))
+    async def _write(self, body: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
+        return await self._tx(lambda conn: body(_PgTx(self._q, conn)), single=single)
 
     async def _read(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         return await self._write(body)  # a pooled connection reads as well as it writes
@@ -359,6 +371,4 @@ async def _check_if_idle(conn: Conn) -> None:
     last = getattr(conn, "_minitemporal_last_checked", 0.0)
     conn._minitemporal_last_checked = now  # type: ignore[attr-defined]
     if now - last > IDLE_CHECK_SECONDS:
-        await conn.execute("SELECT 1")
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            await conn.rollback()
+        await conn.execute("SELECT 1")  # autocommit: leaves no transaction open

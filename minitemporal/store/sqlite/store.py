@@ -438,7 +438,8 @@ class SqliteStore(SqlStore):
         await self._write(nothing)
 
     # --- transactions
-    async def _write(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _write(self, body: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
+        """`single` changes nothing here: every write joins the writer's next batch."""
         writer = self._writer
         if writer is None:
             raise Unavailable("the store is not open")
