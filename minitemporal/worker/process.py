@@ -1,8 +1,10 @@
 """Run one attempt's command: its own process group, bounded output, a timeout that kills.
 
 The command runs as `/bin/sh -c <command>` in a new session (so its process group id is its
-pid). Ending an attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which
-also takes background children and commands that trap SIGTERM. Output is read as it comes
+pid), optionally as another user and under resource limits set by `prlimit` before the exec
+(no `preexec_fn`: it is unsafe in a process with threads, and grpc has threads). Ending an
+attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which also takes
+background children and commands that trap SIGTERM. Output is read as it comes
 into two fixed-size tails, so memory stays flat whatever the command prints.
 """
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,9 +25,59 @@ from datetime import UTC, datetime
 import anyio
 
 from minitemporal.domain.model import Outcome, Output
+from minitemporal.errors import ConfigurationError
 
 SHELL = "/bin/sh"
+PRLIMIT = "prlimit"
 READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceLimits:
+    """Per-process rlimits of a command (soft = hard, so it cannot raise them)."""
+
+    cpu_seconds: int | None = None
+    memory_bytes: int | None = None  # address space
+    open_files: int | None = None
+    processes: int | None = None  # per user: every command of a shared run-as user counts
+    tool: str = PRLIMIT  # the prlimit executable, resolved at start
+
+    @classmethod
+    def configured(
+        cls,
+        *,
+        cpu_seconds: int | None,
+        memory_bytes: int | None,
+        open_files: int | None,
+        processes: int | None,
+    ) -> ResourceLimits | None:
+        """The limits a worker applies, or None when none is set (the fast spawn path)."""
+        limits = cls(cpu_seconds, memory_bytes, open_files, processes)
+        if not limits.prlimit_args():
+            return None
+        tool = shutil.which(PRLIMIT)
+        if tool is None:
+            raise ConfigurationError(
+                "the MINITEMPORAL_LIMIT_* settings need the prlimit command (util-linux)"
+            )
+        return dataclasses.replace(limits, tool=tool)
+
+    def prlimit_args(self) -> list[str]:
+        pairs = (
+            ("--cpu", self.cpu_seconds),
+            ("--as", self.memory_bytes),
+            ("--nofile", self.open_files),
+            ("--nproc", self.processes),
+        )
+        return [f"{flag}={value}" for flag, value in pairs if value is not None]
+
+
+def command_argv(command: str, limits: ResourceLimits | None) -> list[str]:
+    """`/bin/sh -c <command>`, behind `prlimit` only when limits are set (one exec more)."""
+    shell = [SHELL, "-c", command]
+    if limits is None or not (args := limits.prlimit_args()):
+        return shell
+    return [limits.tool, *args, "--", *shell]
 
 
 class TailBuffer:
@@ -64,7 +118,9 @@ class RunSpec:
     timeout: float | None
     kill_grace: float
     tail_bytes: int
-    user: str | None = None
+    user: int | None = None
+    group: int | None = None
+    limits: ResourceLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +171,7 @@ class Execution:
         t0 = time.perf_counter()
         try:
             proc = await asyncio.create_subprocess_exec(
-                SHELL,
-                "-c",
-                self.spec.command,
+                *command_argv(self.spec.command, self.spec.limits),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -125,6 +179,8 @@ class Execution:
                 cwd=self.spec.cwd,
                 start_new_session=True,
                 user=self.spec.user,
+                group=self.spec.group,
+                extra_groups=[] if self.spec.user is not None else None,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             err.feed(f"minitemporal: could not start the command: {exc}\n".encode())

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +22,20 @@ import anyio
 from anyio.abc import TaskGroup
 
 from minitemporal.domain.model import Beat, ClaimedTask, Outcome, Output, TaskRef, TaskResult
-from minitemporal.errors import MinitemporalError, Unavailable
+from minitemporal.errors import CredentialsRejected, MinitemporalError, Unavailable
 from minitemporal.observability.logging import task_fields
 from minitemporal.observability.metrics import WorkerMetrics
 from minitemporal.queue.base import TaskQueue
 from minitemporal.rpc.client import SchedulerClient
-from minitemporal.worker.environment import command_env, make_workdir, remove_workdir
-from minitemporal.worker.process import Execution, RunResult, RunSpec
+from minitemporal.worker.environment import (
+    RunAs,
+    UserPool,
+    command_env,
+    make_workdir,
+    protect_worker_process,
+    remove_workdir,
+)
+from minitemporal.worker.process import Execution, ResourceLimits, RunResult, RunSpec
 
 log = logging.getLogger("minitemporal.worker")
 
@@ -42,7 +50,7 @@ class WorkerConfig:
     kill_grace_seconds: float
     output_tail_bytes: int
     work_dir: str | None = None
-    run_as_user: str | None = None
+    limits: ResourceLimits | None = None
     pop_timeout: float = 1.0
 
 
@@ -71,8 +79,10 @@ class Worker:
         queue: TaskQueue,
         metrics: WorkerMetrics,
         env_source: Callable[[ClaimedTask, str], dict[str, str]] = command_env,
+        users: UserPool | None = None,
     ) -> None:
         self.config = config
+        self._users = users
         self.client = client
         self.queue = queue
         self.metrics = metrics
@@ -94,6 +104,11 @@ class Worker:
         log.info(
             "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
         )
+        protect_worker_process()
+        if self._users is None and os.geteuid() == 0:
+            log.warning(
+                "commands run as root: set MINITEMPORAL_RUN_AS_USER to run them unprivileged"
+            )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeats)
             tg.start_soon(self._reporter)
@@ -107,6 +122,7 @@ class Worker:
     # --- taking work
     async def _fetch(self, stopping: anyio.Event, attempts: TaskGroup) -> None:
         failures = 0
+        accepted = False  # has the scheduler taken our credentials since the last refusal?
         while not stopping.is_set():
             free = self.config.slots - self._running
             if free <= 0:
@@ -115,9 +131,19 @@ class Worker:
                     await self._slot_freed.wait()
                 continue
             try:
+                if not accepted or self.client.refused is not None:
+                    # Pop nothing we could not claim: a popped ref waits for the reconciler.
+                    await self.client.heartbeat(self.config.worker_id, [])
+                    accepted = True
                 refs = await self.queue.pop(free, self.config.pop_timeout)
                 tasks = await self.client.claim(self.config.worker_id, refs) if refs else []
                 failures = 0
+            except CredentialsRejected:  # the client logged what to fix
+                accepted = False
+                failures += 1
+                with anyio.move_on_after(min(0.5 * 2**failures, 10.0)):
+                    await stopping.wait()
+                continue
             except Unavailable as exc:
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
@@ -135,23 +161,27 @@ class Worker:
                 self._start(task, attempts)
 
     def _start(self, task: ClaimedTask, attempts: TaskGroup) -> None:
-        workdir = make_workdir(task, self.config.work_dir)
+        user = self._users.acquire() if self._users is not None else None
+        workdir = make_workdir(task, self.config.work_dir, user)
+        env = self._env(task, workdir)
         spec = RunSpec(
             command=task.command,
-            env=self._env(task, workdir),
+            env=user.env(env, workdir) if user is not None else env,
             cwd=workdir,
             timeout=task.timeout_seconds,
             kill_grace=self.config.kill_grace_seconds,
             tail_bytes=self.config.output_tail_bytes,
-            user=self.config.run_as_user,
+            user=user.uid if user is not None else None,
+            group=user.gid if user is not None else None,
+            limits=self.config.limits,
         )
         held = _Held(task, Execution(spec))
         self._held[task.ref] = held
         self._running += 1
         self.metrics.slots_busy.set(self._running)
-        attempts.start_soon(self._execute, held, workdir)
+        attempts.start_soon(self._execute, held, workdir, user)
 
-    async def _execute(self, held: _Held, workdir: str) -> None:
+    async def _execute(self, held: _Held, workdir: str, user: RunAs | None = None) -> None:
         task = held.task
         fields = task_fields(task.job_id, task.node_id, task.ref.attempt, self.config.worker_id)
         log.debug("attempt starting", extra=fields)
@@ -168,6 +198,10 @@ class Worker:
                 Output(f"minitemporal worker error: {exc}"),
             )
         finally:
+            if user is not None and self._users is not None:
+                # Before the slot frees: the next command may need this user back.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._users.release, user)
             self._running -= 1
             self.metrics.slots_busy.set(self._running)
             self._slot_freed.set()
