@@ -222,7 +222,9 @@ class Settings(BaseSettings):
         description="Address space of each command process (RLIMIT_AS). Unset: no limit.",
     )
     limit_open_files: int | None = Field(
-        None, ge=8, description="Open files of each command process (RLIMIT_NOFILE). Unset: no limit."
+        None,
+        ge=8,
+        description="Open files of each command process (RLIMIT_NOFILE). Unset: no limit.",
     )
     limit_processes: int | None = Field(
         None,
