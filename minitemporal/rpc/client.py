@@ -103,8 +103,9 @@ class SchedulerClient:
         if self.refused is None or now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
             log.error(message)
             self._refusal_logged_at = now
-        self.refused = message
-        return CredentialsRejected(message)
+        # Callers (REST clients, /healthz) learn that, not where the scheduler is.
+        self.refused = "the scheduler refused this process's credentials (see its log)"
+        return CredentialsRejected(self.refused)
 
     # --- jobs
     async def submit_job(
