@@ -23,7 +23,7 @@ from minitemporal.api.auth import AuthMiddleware, TokenSet
 from minitemporal.api.openapi import OpenApiResource, build_openapi
 from minitemporal.api.problems import install_problem_handlers
 from minitemporal.domain.model import JobStatus
-from minitemporal.domain.validation import MAX_IDEMPOTENCY_KEY, Limits, parse_job_request
+from minitemporal.domain.validation import MAX_IDEMPOTENCY_KEY, MAX_PAGE, Limits, parse_job_request
 from minitemporal.errors import (
     InvalidInput,
     MalformedRequest,
@@ -163,6 +163,8 @@ class JobsResource:
         limit = _query_int(req, "limit", 50)
         cursor, status = req.get_param("cursor"), req.get_param("status")
         problems = []
+        if not 1 <= limit <= MAX_PAGE:  # here: the proto would turn 0 into "the default"
+            problems.append(Problem("/limit", f"must be between 1 and {MAX_PAGE}"))
         if cursor is not None and not (len(cursor) <= MAX_CURSOR and _CURSOR.fullmatch(cursor)):
             problems.append(Problem("/cursor", "not a cursor we issued"))
         if status is not None and status not in {s.value for s in JobStatus}:
