@@ -366,6 +366,16 @@ def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> 
                     "201": {
                         **_ok("Created.", "JobSummary"),
                         "headers": {"Location": {"schema": {"type": "string"}}},
+                        "links": {
+                            "GetJob": {
+                                "operationId": "getJob",
+                                "parameters": {"job_id": "$response.body#/id"},
+                            },
+                            "CancelJob": {
+                                "operationId": "cancelJob",
+                                "parameters": {"job_id": "$response.body#/id"},
+                            },
+                        },
                     },
                     "200": {
                         **_ok(
