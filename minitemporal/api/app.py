@@ -95,15 +95,13 @@ def _reject_constant(name: str) -> Any:
 
 def _depth_exceeds(document: Any, limit: int) -> bool:
     """Whether containers nest deeper than `limit` (iterative: no recursion to exhaust)."""
-    stack = [(document, 1)]
+    stack = [(document, 1)] if isinstance(document, dict | list) else []
     while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value
-        if not isinstance(value, dict | list):
-            continue
+        container, depth = stack.pop()
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        children = container.values() if isinstance(container, dict) else container
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
 
 

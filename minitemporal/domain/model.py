@@ -98,7 +98,7 @@ class TaskRef:
         node, _, attempt = text.partition(":")
         ref = cls(int(node), int(attempt))
         # Whoever can write to Redis must not make a claim fail for the refs popped with theirs.
-        if not (0 < ref.node < 2**63 and 0 < ref.attempt < 2**31):
+        if not (0 <= ref.node < 2**63 and 0 <= ref.attempt < 2**31):  # bigint, int
             raise ValueError(f"task ref out of range: {text[:40]!r}")
         return ref
 

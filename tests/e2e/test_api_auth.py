@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import fresh_database, fresh_prefix
+from tests.conftest import fresh_cluster
 from tests.support.api import Api, node
 from tests.support.procs import ROOT, Cluster, Proc, minitemporal_command
 from tests.support.security import token
@@ -47,23 +47,16 @@ def secured(
     redis_server_url: str,
 ) -> Iterator[Secured]:
     tmp = tmp_path_factory.mktemp("auth")
-    made = {who: token(who, scopes) for who, scopes in [
-        ("reader", "read"), ("submitter", "submit"), ("ci", "read,submit"), ("prom", "metrics"),
-    ]}  # fmt: skip
-    entries = " ".join(entry for _, entry in made.values())
-    with fresh_database(pg_admin_url, pg_template) as db, fresh_prefix(redis_server_url) as prefix:
-        cluster = Cluster(
-            tmp,
-            db,
-            redis_server_url,
-            prefix,
-            extra_env={"MINITEMPORAL_API_TOKENS": entries, "MINITEMPORAL_METRICS_AUTH": "true"},
-        )
-        try:
-            top = _start(cluster)
-            yield Secured(cluster, cluster.procs, top, db, {who: t for who, (t, _) in made.items()})
-        finally:
-            cluster.stop_all()
+    scopes = {"reader": "read", "submitter": "submit", "ci": "read,submit", "prom": "metrics"}
+    made = {who: token(who, scope) for who, scope in scopes.items()}
+    env = {
+        "MINITEMPORAL_API_TOKENS": " ".join(entry for _, entry in made.values()),
+        "MINITEMPORAL_METRICS_AUTH": "true",
+    }
+    with fresh_cluster(tmp, pg_admin_url, pg_template, redis_server_url, env) as cluster:
+        url = _start(cluster)
+        secrets = {who: secret for who, (secret, _) in made.items()}
+        yield Secured(cluster, cluster.procs, url, str(cluster.database_url), secrets)
 
 
 def _start(cluster: Cluster) -> str:

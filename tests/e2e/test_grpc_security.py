@@ -10,23 +10,23 @@ import httpx
 import redis
 
 from tests.support.api import Api, node
-from tests.support.procs import Cluster
+from tests.support.procs import Cluster, Proc
 from tests.support.security import Authority
-from tests.support.topology import start_split, wait_for
+from tests.support.topology import Topology, start_split, wait_for
 
 REFUSED = "refused our credentials (MINITEMPORAL_GRPC_SECRET"
+
+
+def with_wrong_secret(top: Topology, name: str, roles: str) -> Proc:
+    env = {"MINITEMPORAL_GRPC_SECRET": "wrong-secret"}
+    return top.cluster.add(name, roles, scheduler_port=top.grpc_ports[0], env=env).start()
 
 
 def test_worker_with_a_wrong_secret_claims_nothing_and_says_why(
     fast_cluster: Cluster, redis_server_url: str
 ) -> None:
     top = start_split(fast_cluster, workers=0)
-    intruder = fast_cluster.add(
-        "intruder",
-        "worker",
-        scheduler_port=top.grpc_ports[0],
-        env={"MINITEMPORAL_GRPC_SECRET": "wrong-secret"},
-    ).start()
+    intruder = with_wrong_secret(top, "intruder", "worker")
     wait_for(lambda: REFUSED in intruder.log(), timeout=30, what="the refusal in the log")
 
     marker = fast_cluster.tmp / "ran"
@@ -54,12 +54,7 @@ def test_worker_with_a_wrong_secret_claims_nothing_and_says_why(
 
 def test_api_with_a_wrong_secret_answers_503_and_says_why(fast_cluster: Cluster) -> None:
     top = start_split(fast_cluster, workers=0)
-    api_proc = fast_cluster.add(
-        "bad-api",
-        "api",
-        scheduler_port=top.grpc_ports[0],
-        env={"MINITEMPORAL_GRPC_SECRET": "wrong-secret"},
-    ).start()
+    api_proc = with_wrong_secret(top, "bad-api", "api")
     wait_for(lambda: api_proc.alive() and "api listening" in api_proc.log(), 30, "the api")
     api = Api(api_proc.http_url)
     wait_for(lambda: _answers(api), timeout=30, what="the api to answer")

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import fresh_database, fresh_prefix
+from tests.conftest import fresh_cluster
 from tests.support.api import Api, node
-from tests.support.procs import Cluster
 from tests.support.services import free_port
 
 LIMITS = {
@@ -38,16 +37,12 @@ def api(
     redis_server_url: str,
 ) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("limits")
-    with fresh_database(pg_admin_url, pg_template) as db, fresh_prefix(redis_server_url) as prefix:
-        cluster = Cluster(tmp, db, redis_server_url, prefix, extra_env=LIMITS)
-        try:
-            proc = cluster.add("all", "all", grpc_port=free_port()).start()
-            proc.wait_healthy()
-            client = Api(proc.http_url)
-            yield client
-            client.close()
-        finally:
-            cluster.stop_all()
+    with fresh_cluster(tmp, pg_admin_url, pg_template, redis_server_url, LIMITS) as cluster:
+        proc = cluster.add("all", "all", grpc_port=free_port()).start()
+        proc.wait_healthy()
+        client = Api(proc.http_url)
+        yield client
+        client.close()
 
 
 def stored(api: Api) -> int:

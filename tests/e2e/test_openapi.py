@@ -26,8 +26,7 @@ from minitemporal.errors import (
 from minitemporal.observability.health import Health
 from minitemporal.observability.metrics import Metrics
 from minitemporal.rpc.client import SchedulerClient
-from tests.conftest import fresh_database, fresh_prefix
-from tests.support.procs import Cluster
+from tests.conftest import fresh_cluster
 from tests.support.security import token
 from tests.support.services import free_port
 
@@ -106,23 +105,14 @@ def fuzz_target(
     """A real scheduler and api with tokens; no worker, so no fuzzed command ever runs."""
     tmp = tmp_path_factory.mktemp("fuzz")
     secret, entry = token("fuzz", "read,submit,metrics")
-    with fresh_database(pg_admin_url, pg_template) as db, fresh_prefix(redis_server_url) as prefix:
-        cluster = Cluster(
-            tmp,
-            db,
-            redis_server_url,
-            prefix,
-            extra_env={"MINITEMPORAL_API_TOKENS": entry, "MINITEMPORAL_METRICS_AUTH": "1"},
-        )
-        try:
-            grpc = free_port()
-            sched = cluster.add("scheduler", "scheduler", grpc_port=grpc).start()
-            api = cluster.add("api", "api", scheduler_port=grpc).start()
-            sched.wait_healthy()
-            api.wait_healthy()
-            yield api.http_url, secret, tmp
-        finally:
-            cluster.stop_all()
+    env = {"MINITEMPORAL_API_TOKENS": entry, "MINITEMPORAL_METRICS_AUTH": "1"}
+    with fresh_cluster(tmp, pg_admin_url, pg_template, redis_server_url, env) as cluster:
+        grpc = free_port()
+        sched = cluster.add("scheduler", "scheduler", grpc_port=grpc).start()
+        api = cluster.add("api", "api", scheduler_port=grpc).start()
+        sched.wait_healthy()
+        api.wait_healthy()
+        yield api.http_url, secret, tmp
 
 
 def test_the_served_document_is_the_built_one(fuzz_target: tuple[str, str, Path]) -> None:
