@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from minitemporal.api.app import SCOPES, ApiDeps, create_app, open_routes
 from minitemporal.api.auth import AuthMiddleware, TokenSet
 from minitemporal.api.guard import HeaderDeadlineProtocol
-from minitemporal.config import Settings
+from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.health import Health
@@ -171,6 +172,8 @@ class Runtime:
                 processes=s.limit_processes,
             )
         self._banner()
+        for warning in unknown_variables(os.environ):
+            log.warning(warning)
         async with contextlib.AsyncExitStack() as stack:
             grpc_health = HealthServicer()
             if "scheduler" in self.roles:

@@ -6,9 +6,11 @@ environment variable and a `--flag`, and `minitemporal --help` documents them al
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -289,6 +291,28 @@ class Settings(BaseSettings):
             max_env_value_length=self.max_env_value_length,
             id_pattern=self.id_pattern,
         )
+
+
+# Variables with our prefix that are not settings: what commands see, and the test suite's.
+NOT_SETTINGS = frozenset(
+    {"MINITEMPORAL_JOB_ID", "MINITEMPORAL_NODE_ID", "MINITEMPORAL_ATTEMPT", "MINITEMPORAL_WORKDIR"}
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for MINITEMPORAL_* variables that are no setting (a typo is ignored silently
+    by the settings model), each with the closest real name."""
+    known = {f"MINITEMPORAL_{name.upper()}" for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("MINITEMPORAL_") or name in known or name in NOT_SETTINGS:
+            continue
+        if name.startswith("MINITEMPORAL_TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def parse_roles(value: str) -> frozenset[str]:

@@ -184,7 +184,10 @@ class JobResource:
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
     ) -> None:
-        resp.media = serialize.job(await self._d.scheduler.get_job(_job_id(job_id)))
+        # ?nodes=false: the summary only (status, counts), cheap to poll for a large job.
+        with_nodes = req.get_param_as_bool("nodes", default=True)
+        job = await self._d.scheduler.get_job(_job_id(job_id), include_nodes=with_nodes)
+        resp.media = serialize.job(job, with_nodes=with_nodes)
 
 
 class CancelResource:

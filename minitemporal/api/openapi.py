@@ -144,8 +144,15 @@ def _response_schemas() -> dict[str, Any]:
     summary = {"type": "object", "required": list(summary_props), "properties": summary_props}
     job = {
         "type": "object",
-        "required": [*summary_props, "nodes"],
-        "properties": {**summary_props, "nodes": {"type": "array", "items": _ref("Node")}},
+        "required": list(summary_props),
+        "properties": {
+            **summary_props,
+            "nodes": {
+                "type": "array",
+                "items": _ref("Node"),
+                "description": "Every node (left out with ?nodes=false).",
+            },
+        },
     }
     problem = {
         "type": "object",
@@ -300,7 +307,7 @@ def _request_schemas(limits: Limits) -> dict[str, Any]:
 
 
 _STATUS_TEXT = {
-    400: "The body is not JSON, not UTF-8, or nested too deeply.",
+    400: "The body is not JSON, not UTF-8, or nested too deeply; or a query value does not parse.",
     401: "No token, or a token that matches nothing.",
     403: "The token lacks the scope this operation needs.",
     404: "No such job.",
@@ -432,8 +439,16 @@ def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> 
                 "read",
                 auth,
                 {"200": _ok("The job.", "Job")},
-                (404, 503),
-                parameters=[job_id],
+                (400, 404, 503),
+                parameters=[
+                    job_id,
+                    {
+                        "name": "nodes",
+                        "in": "query",
+                        "schema": {"type": "boolean", "default": True},
+                        "description": "false: the job's summary only, cheap to poll.",
+                    },
+                ],
             )
         },
         "/v1/jobs/{job_id}/cancel": {

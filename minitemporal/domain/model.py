@@ -113,6 +113,7 @@ class ClaimedTask:
     command: str
     timeout_seconds: float | None
     env: tuple[tuple[str, str], ...] = ()
+    has_dependents: bool = False  # its success may unblock work: see CompleteTasks' `want`
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +224,17 @@ class CompleteResult:
     # One per reported result: the attempt's enqueue time if accepted, None if the attempt
     # was stale (the result was ignored).
     enqueued_at: tuple[datetime | None, ...]
-    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready by these results
+    queued: tuple[TaskRef, ...] = ()  # downstream attempts made ready, to push to the queue
     finished_jobs: tuple[FinishedJob, ...] = ()
+    claimed: tuple[ClaimedTask, ...] = ()  # made ready and claimed for the reporting worker
+    # Per result: already recorded by an earlier delivery of the same report (a retry).
+    duplicate: tuple[bool, ...] = ()
 
     @property
     def accepted(self) -> tuple[bool, ...]:
-        return tuple(e is not None for e in self.enqueued_at)
+        """Per result: recorded now or before; False only for stale attempts."""
+        dup = self.duplicate or (False,) * len(self.enqueued_at)
+        return tuple(e is not None or d for e, d in zip(self.enqueued_at, dup, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ class TaskQueue(abc.ABC):
 
     @abc.abstractmethod
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
-        """Take up to `max_items` lowest-score refs, waiting up to `timeout` s for the first."""
+        """Take up to `max_items` lowest-score refs, waiting up to `timeout` s for the first
+        (`timeout` 0: take what is there, without waiting)."""
 
     @abc.abstractmethod
     async def remove(self, refs: Sequence[TaskRef]) -> None: ...

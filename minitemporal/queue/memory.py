@@ -50,6 +50,8 @@ class MemoryQueue(TaskQueue):
         return out
 
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
+        if timeout <= 0:
+            return self._take(max_items)
         with anyio.move_on_after(timeout):
             while True:
                 taken = self._take(max_items)

@@ -73,16 +73,17 @@ class RedisQueue(TaskQueue):
 
     async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
         try:
-            reply = await self._client(blocking=True).bzmpop(
-                timeout, 1, [self._ready], min=True, count=max_items
-            )
+            if timeout <= 0:  # BZMPOP's 0 would mean "forever"
+                members = await self._client().zpopmin(self._ready, max_items)
+            else:
+                reply = await self._client(blocking=True).bzmpop(
+                    timeout, 1, [self._ready], min=True, count=max_items
+                )
+                members = reply[1] if reply else []
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         except RedisError as exc:
             raise Unavailable(f"Redis error: {exc}") from exc
-        if not reply:
-            return []
-        _key, members = reply
         refs = []
         for member, _score in members:
             try:

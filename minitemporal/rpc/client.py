@@ -51,6 +51,8 @@ class SchedulerClient:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            # Several schedulers behind one name (DNS, compose alias): spread calls over all.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -168,14 +170,26 @@ class SchedulerClient:
             lost=tuple(convert.ref_from_pb(r) for r in reply.lost),
         )
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        """Report results; for `want` free slots, also claim `claim` (refs we popped) and
+        then attempts the results unblocked. Returns acceptance and the attempts now ours."""
         reply = await self._call(
             "CompleteTasks",
             pb.CompleteTasksRequest(
-                worker_id=worker_id, results=[convert.result_to_pb(r) for r in results]
+                worker_id=worker_id,
+                results=[convert.result_to_pb(r) for r in results],
+                want=want,
+                claim=[convert.ref_to_pb(r) for r in claim],
             ),
         )
-        return list(reply.accepted)
+        return list(reply.accepted), [convert.task_from_pb(t) for t in reply.tasks]
 
     async def check_health(self, timeout: float = 0.8) -> None:
         """Raise `Unavailable` unless the scheduler says it is serving."""

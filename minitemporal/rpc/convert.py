@@ -245,6 +245,7 @@ def task_to_pb(t: ClaimedTask) -> pb.Task:
         node_id=t.node_id,
         command=t.command,
         env=[pb.EnvVar(name=k, value=v) for k, v in t.env],
+        has_dependents=t.has_dependents,
     )
     if t.timeout_seconds is not None:
         msg.timeout_seconds = t.timeout_seconds
@@ -259,6 +260,7 @@ def task_from_pb(m: pb.Task) -> ClaimedTask:
         command=m.command,
         timeout_seconds=m.timeout_seconds if m.HasField("timeout_seconds") else None,
         env=tuple((e.name, e.value) for e in m.env),
+        has_dependents=m.has_dependents,
     )
 
 

@@ -126,8 +126,16 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     ) -> pb.CompleteTasksResponse:
         async def body() -> pb.CompleteTasksResponse:
             results = [convert.result_from_pb(r, i) for i, r in enumerate(request.results)]
-            accepted = await self._s.complete(request.worker_id, results)
-            return pb.CompleteTasksResponse(accepted=accepted)
+            want = max(0, min(request.want, 1024))
+            claim = [convert.ref_from_pb(r) for r in request.claim]
+            accepted, tasks = await self._s.complete(
+                request.worker_id, results, want=want, claim=claim
+            )
+            return pb.CompleteTasksResponse(
+                accepted=accepted,
+                tasks=[convert.task_to_pb(t) for t in tasks],
+                lease_seconds=self._s.lease_seconds,
+            )
 
         return await self._run("CompleteTasks", context, body)
 

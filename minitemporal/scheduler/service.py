@@ -134,16 +134,32 @@ class SchedulerService:
             self.metrics.reports_rejected.labels("heartbeat").inc(len(result.lost))
         return result
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> list[bool]:
-        outcome = await self.store.complete(worker_id, results)
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
+    ) -> tuple[list[bool], list[ClaimedTask]]:
+        outcome = await self.store.complete(
+            worker_id, results, want=want, claim=claim, lease_seconds=self.lease_seconds
+        )
+        handed = {t.ref for t in outcome.claimed}
+        if len([r for r in claim if r in handed]) < len(claim[:want]):
+            self.metrics.claims_rejected.inc(
+                len(claim[:want]) - len([r for r in claim if r in handed])
+            )
         if outcome.queued:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
         m = self.metrics
-        for result, enqueued_at in zip(results, outcome.enqueued_at, strict=True):
+        accepted = outcome.accepted
+        for result, enqueued_at, ok in zip(results, outcome.enqueued_at, accepted, strict=True):
             if enqueued_at is None:
-                m.reports_rejected.labels("result").inc()
-                continue
+                if not ok:
+                    m.reports_rejected.labels("result").inc()
+                continue  # stale, or a duplicate delivery already counted
             m.tasks_completed.labels(result.outcome.value).inc()
             if result.started_at is not None:
                 latency = (result.started_at - enqueued_at).total_seconds()
@@ -153,7 +169,7 @@ class SchedulerService:
             if result.outcome in (Outcome.EXIT_CODE, Outcome.TIMEOUT, Outcome.LOST):
                 m.failures.labels(result.outcome.value).inc()
         self.record_finished(outcome.finished_jobs)
-        return list(outcome.accepted)
+        return list(accepted), list(outcome.claimed)
 
     async def record_lost(self, swept: SweepResult) -> None:
         """Count what the lease sweep gave up on and push what it made ready."""

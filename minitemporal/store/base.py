@@ -95,11 +95,22 @@ class Store(abc.ABC):
         """Extend the leases this worker still holds; say which to cancel or drop."""
 
     @abc.abstractmethod
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
+        lease_seconds: float = 0.0,
+    ) -> CompleteResult:
         """Record finished attempts; queue the downstream nodes they unblock, atomically.
 
         A result whose attempt is not the node's current running attempt held by this worker
-        is rejected (accepted=False) and changes nothing.
+        is rejected (accepted=False) and changes nothing. In the same transaction, for this
+        worker's `want` free slots: the refs of `claim` (popped from the queue) are claimed
+        first, then attempts these results made ready (`claimed`); the rest of those are
+        returned in `queued` for the queue.
         """
 
     # --- background sweeps (safe with several schedulers at once)

@@ -10,6 +10,7 @@ worker's files.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import grp
@@ -19,6 +20,7 @@ import pwd
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,16 +52,65 @@ def command_env(
     return env
 
 
-def make_workdir(task: ClaimedTask, parent: str | None, owner: RunAs | None = None) -> str:
-    """A fresh directory (mode 0700) only the command's user can enter."""
-    path = tempfile.mkdtemp(prefix=f"minitemporal-{task.ref.node}-{task.ref.attempt}-", dir=parent)
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid)
-    return path
+PREFIX = "minitemporal-attempt-"
 
 
-def remove_workdir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+class WorkdirPool:
+    """Fresh, empty working directories (mode 0700), made ahead of time off the event loop.
+
+    Creating and removing a directory costs 0.1-2 ms on a busy disk; on the path from claim to
+    spawn that is latency every task pays. One background thread keeps `size` directories
+    ready and removes used ones; each directory serves exactly one attempt.
+    """
+
+    def __init__(self, parent: str | None, *, size: int) -> None:
+        self._parent = parent
+        self._size = max(1, size)
+        self._ready: collections.deque[str] = collections.deque()
+        self._used: collections.deque[str] = collections.deque()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def _make(self) -> str:
+        return tempfile.mkdtemp(prefix=PREFIX, dir=self._parent)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._keep, name="workdirs", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._closed:
+            while self._used:
+                shutil.rmtree(self._used.popleft(), ignore_errors=True)
+            while len(self._ready) < self._size and not self._closed:
+                self._ready.append(self._make())
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+
+    def take(self, owner: RunAs | None = None) -> str:
+        """A fresh directory; with `owner`, given to that user (who alone can then enter it)."""
+        self._wake.set()
+        try:
+            path = self._ready.popleft()
+        except IndexError:
+            path = self._make()
+        if owner is not None:
+            os.chown(path, owner.uid, owner.gid)
+        return path
+
+    def discard(self, path: str) -> None:
+        self._used.append(path)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for queue in (self._ready, self._used):
+            while queue:
+                shutil.rmtree(queue.popleft(), ignore_errors=True)
 
 
 def protect_worker_process() -> None:

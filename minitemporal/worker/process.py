@@ -4,8 +4,10 @@ The command runs as `/bin/sh -c <command>` in a new session (so its process grou
 pid), optionally as another user and under resource limits set by `prlimit` before the exec
 (no `preexec_fn`: it is unsafe in a process with threads, and grpc has threads). Ending an
 attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which also takes
-background children and commands that trap SIGTERM. Output is read as it comes
-into two fixed-size tails, so memory stays flat whatever the command prints.
+background children and commands that trap SIGTERM. Output arrives through a subprocess
+protocol's callbacks straight into two fixed-size tails, so memory stays flat whatever the
+command prints, and an attempt costs no reader tasks: this is the worker's hot path, and it
+uses plain asyncio futures rather than task groups for that reason.
 """
 
 from __future__ import annotations
@@ -17,19 +19,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import anyio
 
 from minitemporal.domain.model import Outcome, Output
 from minitemporal.errors import ConfigurationError
 
 SHELL = "/bin/sh"
 PRLIMIT = "prlimit"
-READ_CHUNK = 64 * 1024
+PIPES_GRACE = 1.0  # after the group is gone, how long to wait for its pipes to close
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,22 @@ class RunResult:
     spawn_seconds: float = 0.0
 
 
+def use_pidfd_child_watcher() -> None:
+    """On Python 3.11, wait for children with pidfds instead of a thread per child (3.12+ does
+    this by default): spawning is faster and needs no thread. Call inside the running loop."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # a kernel without pidfd_open (before 5.3)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -149,32 +167,58 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+class _Capture(asyncio.SubprocessProtocol):
+    """Feeds stdout and stderr into their tails; resolves futures on exit and on EOF."""
+
+    def __init__(self, out: TailBuffer, err: TailBuffer, loop: asyncio.AbstractEventLoop) -> None:
+        self._sinks = {1: out, 2: err}
+        self._open = {1, 2}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.pipes_closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self._sinks[fd].feed(data if isinstance(data, bytes) else data.encode())
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        if not self._open and not self.pipes_closed.done():
+            self.pipes_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class Execution:
-    """One running command. `stop()` may be called at any time from another task."""
+    """One running command. `stop()` may be called at any time, from the same event loop."""
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.started_at: datetime | None = None
         self._stop_reason: Outcome | None = None
-        self._stop = anyio.Event()
+        self._stopped: asyncio.Future[None] | None = None
 
     def stop(self, reason: Outcome) -> None:
         """End the command early (cancelled, lost lease, shutdown); the first reason wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        self._stop.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def run(self) -> RunResult:
         out, err = TailBuffer(self.spec.tail_bytes), TailBuffer(self.spec.tail_bytes)
         if self._stop_reason is not None:  # stopped before it started
             return self._result(self._stop_reason, None, None, out, err)
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
         t0 = time.perf_counter()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            transport, capture = await loop.subprocess_exec(
+                lambda: _Capture(out, err, loop),
                 *command_argv(self.spec.command, self.spec.limits),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=dict(self.spec.env),
                 cwd=self.spec.cwd,
                 start_new_session=True,
@@ -187,24 +231,19 @@ class Execution:
             return self._result(Outcome.EXIT_CODE, 127, None, out, err)
         spawn_seconds = time.perf_counter() - t0
         self.started_at = datetime.now(UTC)
-        pgid = proc.pid
-        stdout, stderr = proc.stdout, proc.stderr
-        if stdout is None or stderr is None:  # pragma: no cover - PIPE was asked for
-            raise RuntimeError("subprocess pipes missing")
-
-        async with anyio.create_task_group() as pumps:
-            pumps.start_soon(_pump, stdout, out)
-            pumps.start_soon(_pump, stderr, err)
-            outcome = await self._supervise(proc, pgid)
+        pgid = transport.get_pid()
+        try:
+            outcome = await self._supervise(capture, pgid)
             finished_at = datetime.now(UTC)
             # Nothing of the attempt outlives it: end stragglers left in the group.
             if _group_alive(pgid):
                 await _terminate_group(pgid, self.spec.kill_grace)
             # Pipes reach EOF once the group is gone; a child that escaped the group (setsid)
-            # may keep them open, so do not wait for it.
-            pumps.cancel_scope.deadline = anyio.current_time() + 1.0
-
-        code = proc.returncode
+            # may keep them open, so do not wait for it long.
+            await asyncio.wait({capture.pipes_closed}, timeout=PIPES_GRACE)
+        finally:
+            transport.close()
+        code = transport.get_returncode()
         if outcome is Outcome.SUCCEEDED and code != 0:
             outcome = Outcome.EXIT_CODE
         return RunResult(
@@ -217,27 +256,18 @@ class Execution:
             spawn_seconds=spawn_seconds,
         )
 
-    async def _supervise(self, proc: asyncio.subprocess.Process, pgid: int) -> Outcome:
+    async def _supervise(self, capture: _Capture, pgid: int) -> Outcome:
         """Wait for the exit, the timeout or a stop request; end the group if not exited."""
-        async with anyio.create_task_group() as tg:
-
-            async def exited() -> None:
-                await proc.wait()
-                tg.cancel_scope.cancel()
-
-            async def stopped() -> None:
-                await self._stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(exited)
-            tg.start_soon(stopped)
-            if self.spec.timeout is not None:
-                tg.cancel_scope.deadline = anyio.current_time() + self.spec.timeout
-
-        if proc.returncode is not None:
+        assert self._stopped is not None
+        await asyncio.wait(
+            {capture.exited, self._stopped},
+            timeout=self.spec.timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if capture.exited.done():
             return Outcome.SUCCEEDED  # refined to EXIT_CODE by the caller
         reason = self._stop_reason or Outcome.TIMEOUT
-        await _terminate_group(pgid, self.spec.kill_grace, proc)
+        await _terminate_group(pgid, self.spec.kill_grace, capture.exited)
         return reason
 
     def _result(
@@ -251,13 +281,8 @@ class Execution:
         return RunResult(outcome, code, started, datetime.now(UTC), out.output(), err.output())
 
 
-async def _pump(stream: asyncio.StreamReader, sink: TailBuffer) -> None:
-    while chunk := await stream.read(READ_CHUNK):
-        sink.feed(chunk)
-
-
 async def _terminate_group(
-    pgid: int, grace: float, proc: asyncio.subprocess.Process | None = None
+    pgid: int, grace: float, exited: asyncio.Future[None] | None = None
 ) -> None:
     """SIGTERM the group, wait up to `grace` for it to be gone, then SIGKILL it."""
     _signal_group(pgid, signal.SIGTERM)
@@ -265,16 +290,13 @@ async def _terminate_group(
     _signal_group(pgid, signal.SIGCONT)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if proc is not None and proc.returncode is None:
-            with anyio.move_on_after(0.05):
-                await proc.wait()
-            if proc.returncode is None:
-                continue
+        if exited is not None and not exited.done():
+            await asyncio.wait({exited}, timeout=0.05)
+            continue
         if not _group_alive(pgid):
             break
-        await anyio.sleep(0.05)
+        await asyncio.sleep(0.05)
     if _group_alive(pgid):
         _signal_group(pgid, signal.SIGKILL)
-    if proc is not None and proc.returncode is None:
-        with anyio.move_on_after(5.0):
-            await proc.wait()
+    if exited is not None and not exited.done():
+        await asyncio.wait({exited}, timeout=5.0)

@@ -2,6 +2,11 @@
 
 - A ref popped from the queue runs only if the scheduler's fenced claim grants it; the command
   comes from the claim reply, never from the queue.
+- Slots are permits: one per attempt held, taken before popping. When an attempt ends its
+  permit travels with its result: the report pops that many refs from the queue without
+  waiting and asks the scheduler, in the same call and transaction, to claim them and then
+  as many of the attempts the results unblocked. Under load a task costs one call instead of
+  two; a chain step costs one round trip instead of push, pop and claim.
 - One heartbeat per interval covers every attempt this worker holds (running, or finished but
   not yet reported). Its reply says which to cancel and which are no longer ours.
 - If no heartbeat gets through for a whole lease, the scheduler will have given our attempts
@@ -21,7 +26,14 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskGroup
 
-from minitemporal.domain.model import Beat, ClaimedTask, Outcome, Output, TaskRef, TaskResult
+from minitemporal.domain.model import (
+    Beat,
+    ClaimedTask,
+    Outcome,
+    Output,
+    TaskRef,
+    TaskResult,
+)
 from minitemporal.errors import CredentialsRejected, MinitemporalError, Unavailable
 from minitemporal.observability.logging import task_fields
 from minitemporal.observability.metrics import WorkerMetrics
@@ -30,12 +42,17 @@ from minitemporal.rpc.client import SchedulerClient
 from minitemporal.worker.environment import (
     RunAs,
     UserPool,
+    WorkdirPool,
     command_env,
-    make_workdir,
     protect_worker_process,
-    remove_workdir,
 )
-from minitemporal.worker.process import Execution, ResourceLimits, RunResult, RunSpec
+from minitemporal.worker.process import (
+    Execution,
+    ResourceLimits,
+    RunResult,
+    RunSpec,
+    use_pidfd_child_watcher,
+)
 
 log = logging.getLogger("minitemporal.worker")
 
@@ -54,6 +71,32 @@ class WorkerConfig:
     pop_timeout: float = 1.0
 
 
+class _Slots:
+    """Free slots as permits; `take` never blocks, `wait` waits for one to be free."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._freed = anyio.Event()
+
+    def take(self, wanted: int) -> int:
+        got = max(0, min(wanted, self.free))
+        self.free -= got
+        return got
+
+    def give(self, count: int = 1) -> None:
+        if count > 0:
+            self.free += count
+            self._freed.set()
+
+    async def wait(self, timeout: float) -> None:
+        if self.free > 0:
+            return
+        self._freed = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await self._freed.wait()
+
+
 @dataclass(slots=True)
 class _Held:
     """An attempt this worker holds, from claim until its result is acknowledged."""
@@ -65,8 +108,14 @@ class _Held:
 
 
 @dataclass(slots=True)
+class _Report:
+    result: TaskResult
+    permit: bool  # carries its slot, to be filled by what the result unblocks
+
+
+@dataclass(slots=True)
 class _Reports:
-    pending: list[TaskResult] = field(default_factory=list)
+    pending: list[_Report] = field(default_factory=list)
     wake: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -88,11 +137,14 @@ class Worker:
         self.metrics = metrics
         self._env = env_source
         self._held: dict[TaskRef, _Held] = {}
+        self._slots = _Slots(config.slots)
         self._running = 0
-        self._slot_freed = anyio.Event()
         self._changed = anyio.Event()  # set whenever attempts end or results are acknowledged
         self._reports = _Reports()
+        self._workdirs = WorkdirPool(config.work_dir, size=config.slots)
+        self._stopping = anyio.Event()
         self._last_heartbeat_ok = time.monotonic()
+        self._tg: TaskGroup | None = None
         metrics.slots_total.set(config.slots)
 
     @property
@@ -101,6 +153,8 @@ class Worker:
 
     async def run(self, stopping: anyio.Event) -> None:
         """Work until `stopping` is set, then drain: finish, give back, report."""
+        self._stopping = stopping
+        use_pidfd_child_watcher()
         log.info(
             "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
         )
@@ -109,34 +163,40 @@ class Worker:
             log.warning(
                 "commands run as root: set MINITEMPORAL_RUN_AS_USER to run them unprivileged"
             )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._heartbeats)
-            tg.start_soon(self._reporter)
-            async with anyio.create_task_group() as attempts:
-                await self._fetch(stopping, attempts)
+        self._workdirs.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._heartbeats)
+                tg.start_soon(self._reporter)
+                await self._fetch(stopping)
                 await self._drain()
-            await self._flush_reports(timeout=10.0)
-            tg.cancel_scope.cancel()
+                await self._flush_reports(timeout=10.0)
+                tg.cancel_scope.cancel()
+        finally:
+            self._workdirs.close()
         log.info("worker stopped", extra={"worker": self.config.worker_id})
 
     # --- taking work
-    async def _fetch(self, stopping: anyio.Event, attempts: TaskGroup) -> None:
+    async def _fetch(self, stopping: anyio.Event) -> None:
         failures = 0
         accepted = False  # has the scheduler taken our credentials since the last refusal?
         while not stopping.is_set():
-            free = self.config.slots - self._running
-            if free <= 0:
-                self._slot_freed = anyio.Event()
-                with anyio.move_on_after(self.config.pop_timeout):
-                    await self._slot_freed.wait()
+            await self._slots.wait(self.config.pop_timeout)
+            permits = self._slots.take(self._slots.free)
+            if not permits:
                 continue
+            tasks: list[ClaimedTask] = []
             try:
                 if not accepted or self.client.refused is not None:
                     # Pop nothing we could not claim: a popped ref waits for the reconciler.
                     await self.client.heartbeat(self.config.worker_id, [])
                     accepted = True
-                refs = await self.queue.pop(free, self.config.pop_timeout)
-                tasks = await self.client.claim(self.config.worker_id, refs) if refs else []
+                refs = await self.queue.pop(permits, self.config.pop_timeout)
+                if refs:
+                    tasks = await self.client.claim(self.config.worker_id, refs)
+                    self.metrics.claims.labels("won").inc(len(tasks))
+                    self.metrics.claims.labels("lost").inc(len(refs) - len(tasks))
                 failures = 0
             except CredentialsRejected:  # the client logged what to fix
                 accepted = False
@@ -149,20 +209,20 @@ class Worker:
                 if failures == 1 or failures % 30 == 0:
                     log.warning("cannot take work: %s (retrying)", exc)
                 await anyio.sleep(min(0.1 * 2**failures, 5.0))
-                continue
             except MinitemporalError as exc:
                 log.error("claim refused: %s", exc)
                 await anyio.sleep(1.0)
-                continue
-            if refs:
-                self.metrics.claims.labels("won").inc(len(tasks))
-                self.metrics.claims.labels("lost").inc(len(refs) - len(tasks))
+            finally:
+                self._slots.give(permits - len(tasks))
             for task in tasks:
-                self._start(task, attempts)
+                self._start(task)
 
-    def _start(self, task: ClaimedTask, attempts: TaskGroup) -> None:
+    def _start(self, task: ClaimedTask) -> None:
+        """Run a claimed attempt; the caller has taken one slot permit for it."""
+        if self._tg is None:  # pragma: no cover - only called while run() is running
+            raise RuntimeError("the worker is not running")
         user = self._users.acquire() if self._users is not None else None
-        workdir = make_workdir(task, self.config.work_dir, user)
+        workdir = self._workdirs.take(user)
         env = self._env(task, workdir)
         spec = RunSpec(
             command=task.command,
@@ -179,7 +239,7 @@ class Worker:
         self._held[task.ref] = held
         self._running += 1
         self.metrics.slots_busy.set(self._running)
-        attempts.start_soon(self._execute, held, workdir, user)
+        self._tg.start_soon(self._execute, held, workdir, user)
 
     async def _execute(self, held: _Held, workdir: str, user: RunAs | None = None) -> None:
         task = held.task
@@ -197,16 +257,18 @@ class Worker:
                 Output(),
                 Output(f"minitemporal worker error: {exc}"),
             )
-        finally:
-            if user is not None and self._users is not None:
-                # Before the slot frees: the next command may need this user back.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._users.release, user)
-            self._running -= 1
-            self.metrics.slots_busy.set(self._running)
-            self._slot_freed.set()
-            self._changed.set()
+        if user is not None and self._users is not None and self._users.exclusive:
+            # Before the slot frees: the next command may need this user back.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._users.release, user)
+        self._running -= 1
+        self.metrics.slots_busy.set(self._running)
         held.finished = True
+        # The slot travels with the report, to be refilled in the same call.
+        keep = held.report and not self._stopping.is_set()
+        if not keep:
+            self._slots.give(1)
+        self._changed.set()
         self.metrics.spawn_seconds.observe(result.spawn_seconds)
         self.metrics.tasks_run.labels(result.outcome.value).inc()
         level = logging.INFO if result.outcome is Outcome.SUCCEEDED else logging.WARNING
@@ -217,24 +279,23 @@ class Worker:
             extra={**fields, "exit_code": result.exit_code},
         )
         if held.report:
-            self._queue_report(task.ref, result)
+            self._queue_report(task.ref, result, permit=keep)
         else:
             self._held.pop(task.ref, None)
-        await anyio.to_thread.run_sync(remove_workdir, workdir)
+        self._workdirs.discard(workdir)
 
     # --- reporting
-    def _queue_report(self, ref: TaskRef, r: RunResult) -> None:
-        self._reports.pending.append(
-            TaskResult(
-                ref=ref,
-                outcome=r.outcome,
-                exit_code=r.exit_code,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-                stdout=r.stdout,
-                stderr=r.stderr,
-            )
+    def _queue_report(self, ref: TaskRef, r: RunResult, *, permit: bool) -> None:
+        result = TaskResult(
+            ref=ref,
+            outcome=r.outcome,
+            exit_code=r.exit_code,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            stdout=r.stdout,
+            stderr=r.stderr,
         )
+        self._reports.pending.append(_Report(result, permit))
         self._reports.wake.set()
 
     async def _reporter(self) -> None:
@@ -244,11 +305,25 @@ class Worker:
                 self._reports.wake = anyio.Event()
                 await self._reports.wake.wait()
             batch, self._reports.pending = self._reports.pending, []
+            want = sum(r.permit for r in batch)
+            if self._stopping.is_set():  # draining: take nothing new
+                self._slots.give(want)
+                want = 0
+            results = [r.result for r in batch]
+            popped = await self._pop_now(want)
             try:
-                accepted = await self.client.complete(self.config.worker_id, batch)
+                accepted, tasks = await self.client.complete(
+                    self.config.worker_id, results, want=want, claim=popped
+                )
                 failures = 0
+                if popped:
+                    won = len({t.ref for t in tasks} & set(popped))
+                    self.metrics.claims.labels("won").inc(won)
+                    self.metrics.claims.labels("lost").inc(len(popped) - won)
             except Unavailable as exc:
-                self._reports.pending[:0] = batch  # keep order; try again
+                # Free the slots now (the scheduler may be down a while); report again later.
+                self._slots.give(want)
+                self._reports.pending[:0] = [_Report(r, permit=False) for r in results]
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("cannot report %d result(s): %s (retrying)", len(batch), exc)
@@ -256,15 +331,29 @@ class Worker:
                 continue
             except MinitemporalError as exc:
                 log.error("results refused, dropping them: %s", exc)
-                accepted = [False] * len(batch)
+                self._slots.give(want)
+                accepted, tasks = [False] * len(batch), []
+            for task in tasks[:want]:
+                self._start(task)
+            self._slots.give(want - min(want, len(tasks)))
             self._changed.set()
-            for result, ok in zip(batch, accepted, strict=False):
+            for result, ok in zip(results, accepted, strict=False):
                 self._held.pop(result.ref, None)
                 if not ok:
                     log.warning(
                         "result rejected: the attempt is no longer current",
                         extra={"attempt": result.ref.attempt, "ref": result.ref.encode()},
                     )
+
+    async def _pop_now(self, wanted: int) -> list[TaskRef]:
+        """Refs already waiting in the queue, without waiting for more (0 when there are none,
+        or the queue is down: the report goes ahead, the refs stay queued in the store)."""
+        if wanted <= 0:
+            return []
+        try:
+            return await self.queue.pop(wanted, 0)
+        except Unavailable:
+            return []
 
     async def _wait_until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -335,6 +424,7 @@ class Worker:
             if not h.finished:
                 log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
                 h.execution.stop(Outcome.INTERRUPTED)
+        await self._wait_until(lambda: self._running == 0)
 
     def _fields(self, h: _Held) -> dict[str, object]:
         t = h.task

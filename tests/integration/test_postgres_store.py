@@ -131,7 +131,11 @@ async def test_stale_or_foreign_results_change_nothing(store: PostgresStore) -> 
     assert (await store.complete("w1", [result(stale)])).accepted == (False,)
     assert await states(store, res.job_id) == {"a": NodeState.RUNNING}
     assert (await store.complete("w1", [result(a.ref)])).accepted == (True,)
-    assert (await store.complete("w1", [result(a.ref)])).accepted == (False,), "only once"
+    again = await store.complete("w1", [result(a.ref)])
+    assert again.duplicate == (True,) and again.enqueued_at == (None,), "recorded only once"
+    assert again.finished_jobs == () and again.queued == ()
+    failed_instead = await store.complete("w1", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    assert failed_instead.accepted == (False,), "a different result for it is stale"
 
 
 async def test_failure_without_retries_fails_everything_downstream(store: PostgresStore) -> None:
@@ -358,3 +362,94 @@ async def test_stats(store: PostgresStore) -> None:
     stats = await store.stats(worker_window_seconds=10)
     assert (stats.queued, stats.running, stats.jobs_active, stats.workers_alive) == (1, 1, 1, 1)
     assert 0.04 < stats.oldest_queued_age_seconds < 10
+
+
+async def test_complete_hands_unblocked_children_to_the_reporting_worker(
+    store: PostgresStore,
+) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            NodeSpec("b", "echo b", depends_on=("a",)),
+            NodeSpec("c", "echo c", depends_on=("a",)),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    [a] = await store.claim("w", res.queued, 30)
+    assert a.has_dependents
+    out = await store.complete("w", [result(a.ref)], want=1, lease_seconds=30)
+    assert len(out.claimed) == 1 and len(out.queued) == 1, "one handed over, one to the queue"
+    handed = out.claimed[0]
+    assert handed.node_id == "b" and handed.command == "echo b" and handed.has_dependents
+    assert await store.claim("w2", [handed.ref], 30) == [], "it is claimed: nobody else gets it"
+    [c] = await store.claim("w2", out.queued, 30)
+    await store.complete("w2", [result(c.ref)], want=4, lease_seconds=30)
+    last = await store.complete("w", [result(handed.ref)], want=4, lease_seconds=30)
+    assert [t.node_id for t in last.claimed] == ["d"] and last.queued == ()
+    assert not last.claimed[0].has_dependents
+    done = await store.complete("w", [result(last.claimed[0].ref)], want=4, lease_seconds=30)
+    assert done.claimed == () and [f.status.value for f in done.finished_jobs] == ["succeeded"]
+
+
+async def test_heartbeat_releases_attempts_the_worker_does_not_hold(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true", retries=1), NodeSpec("b", "true")))
+    granted = await store.claim("w", res.queued, 3.0)  # grace = max(2, lease/3) = 2 s
+    held = [t for t in granted if t.node_id == "b"]
+    lost_reply = next(t for t in granted if t.node_id == "a")  # the worker never saw this one
+    assert (await store.heartbeat("w", [Beat(held[0].ref)], 3.0)).lost == ()
+    assert (await store.expire_leases()).lost == (), "within the grace: a reply may be in flight"
+    await asyncio.sleep(2.1)
+    await store.heartbeat("w", [Beat(held[0].ref)], 3.0)
+    swept = await store.expire_leases()
+    assert [g.ref for g in swept.lost] == [lost_reply.ref], "released well before its lease"
+    assert await store.requeue_due_retries() == [TaskRef(lost_reply.ref.node, 2)]
+
+
+async def test_a_retried_report_is_acknowledged_not_rejected(store: PostgresStore) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "false", retries=1)))
+    a, b = await store.claim("w", res.queued, 30)
+    reports = [result(a.ref), result(b.ref, Outcome.EXIT_CODE, 1)]
+    first = await store.complete("w", reports)
+    again = await store.complete("w", reports)  # the first reply was lost; the worker retries
+    assert first.accepted == again.accepted == (True, True)
+    assert again.enqueued_at == (None, None) and again.duplicate == (True, True)
+    other = await store.complete("w2", reports)
+    assert other.accepted == (False, False), "someone else's report is still stale"
+
+
+async def test_one_batch_of_results_across_parents_and_jobs(store: PostgresStore) -> None:
+    diamond = await store.submit_job(
+        spec(
+            NodeSpec("b", "true"),
+            NodeSpec("c", "true"),
+            NodeSpec("d", "true", depends_on=("b", "c")),
+        )
+    )
+    single = await store.submit_job(spec(NodeSpec("x", "true")))
+    tasks = await store.claim("w", [*diamond.queued, *single.queued], 30)
+    out = await store.complete("w", [result(t.ref) for t in tasks])
+    assert out.accepted == (True, True, True)
+    assert all(at is not None for at in out.enqueued_at)
+    assert len(out.queued) == 1, "the join is queued once, by both parents at once"
+    assert [(f.job_id, f.status.value) for f in out.finished_jobs] == [(single.job_id, "succeeded")]
+    [d] = await store.claim("w", out.queued, 30)
+    assert d.node_id == "d" and d.ref.attempt == 1
+    final = await store.complete("w", [result(d.ref)])
+    assert [f.job_id for f in final.finished_jobs] == [diamond.job_id]
+
+
+async def test_complete_claims_popped_refs_first_then_unblocked_children(
+    store: PostgresStore,
+) -> None:
+    chain = await store.submit_job(
+        spec(NodeSpec("a", "true"), NodeSpec("b", "true", depends_on=("a",)))
+    )
+    waiting = await store.submit_job(spec(NodeSpec("x", "echo x"), NodeSpec("y", "echo y")))
+    [a] = await store.claim("w", chain.queued, 30)
+    x_ref, y_ref = waiting.queued
+    stale = TaskRef(x_ref.node, 9)
+    out = await store.complete("w", [result(a.ref)], want=2, claim=[x_ref, stale], lease_seconds=30)
+    assert [t.node_id for t in out.claimed] == ["x", "b"], "queue first, then the child"
+    assert out.queued == ()
+    out = await store.complete("w", [], want=1, claim=[y_ref, x_ref], lease_seconds=30)
+    assert [t.node_id for t in out.claimed] == ["y"], "never more than `want`"

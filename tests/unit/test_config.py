@@ -88,3 +88,19 @@ def test_role_sets_needing_redis_are_refused() -> None:
     check_roles(Settings(roles="all"))
     check_roles(Settings(roles="api"))
     check_roles(Settings(roles="worker", redis_url="redis://x"))
+
+
+def test_unknown_variables_are_reported_with_the_closest_name() -> None:
+    from minitemporal.config import unknown_variables
+
+    env = {
+        "MINITEMPORAL_WORKERS_SLOTS": "8",
+        "MINITEMPORAL_API_PORT": "1",
+        "MINITEMPORAL_JOB_ID": "x",
+        "MINITEMPORAL_TEST_DATABASE_URL": "x",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(env) == [
+        "MINITEMPORAL_WORKERS_SLOTS is not a setting and is ignored "
+        "(did you mean MINITEMPORAL_WORKER_SLOTS?)"
+    ]

@@ -222,20 +222,22 @@ class ClaimTasksRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("ref", "job_id", "node_id", "command", "timeout_seconds", "env")
+    __slots__ = ("ref", "job_id", "node_id", "command", "timeout_seconds", "env", "has_dependents")
     REF_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    HAS_DEPENDENTS_FIELD_NUMBER: _ClassVar[int]
     ref: TaskRef
     job_id: str
     node_id: str
     command: str
     timeout_seconds: float
     env: _containers.RepeatedCompositeFieldContainer[EnvVar]
-    def __init__(self, ref: _Optional[_Union[TaskRef, _Mapping]] = ..., job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., command: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ...) -> None: ...
+    has_dependents: bool
+    def __init__(self, ref: _Optional[_Union[TaskRef, _Mapping]] = ..., job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., command: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ..., has_dependents: _Optional[bool] = ...) -> None: ...
 
 class ClaimTasksResponse(_message.Message):
     __slots__ = ("tasks", "lease_seconds")
@@ -290,15 +292,23 @@ class TaskResult(_message.Message):
     def __init__(self, ref: _Optional[_Union[TaskRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stdout: _Optional[_Union[Output, _Mapping]] = ..., stderr: _Optional[_Union[Output, _Mapping]] = ...) -> None: ...
 
 class CompleteTasksRequest(_message.Message):
-    __slots__ = ("worker_id", "results")
+    __slots__ = ("worker_id", "results", "want", "claim")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    WANT_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
-    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+    want: int
+    claim: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., want: _Optional[int] = ..., claim: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
 class CompleteTasksResponse(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "tasks", "lease_seconds")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     accepted: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, accepted: _Optional[_Iterable[bool]] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    lease_seconds: float
+    def __init__(self, accepted: _Optional[_Iterable[bool]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., lease_seconds: _Optional[float] = ...) -> None: ...

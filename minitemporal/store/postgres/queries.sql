@@ -29,15 +29,14 @@ FROM jsonb_to_recordset(%(nodes)s::jsonb) AS n(
     timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
     backoff_base double precision, backoff_factor double precision,
     backoff_max double precision, queue boolean)
-RETURNING id, attempt, state, deps_pending, idempotency_key;
+RETURNING id, node_id, attempt, state, deps_pending, idempotency_key;
 
 -- name: insert_edges
+-- Ids mapped in Python from insert_nodes' RETURNING: a self-join of nodes here would run on
+-- a generic plan (psycopg prepares repeated statements) built when the table was small, and
+-- go quadratic on a large job.
 INSERT INTO node_edges (parent_id, child_id)
-SELECT p.id, c.id
-FROM nodes c
-CROSS JOIN LATERAL unnest(c.depends_on) AS d(dep)
-JOIN nodes p ON p.job_id = c.job_id AND p.node_id = d.dep
-WHERE c.job_id = %(job)s;
+SELECT * FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]);
 
 -- name: claim
 -- queued -> running for every requested attempt that is still current; one attempt row each.
@@ -54,7 +53,9 @@ WITH claimed AS (
     INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
     SELECT id, attempt, %(worker)s, enqueued_at, clock_timestamp() FROM claimed
 )
-SELECT id, attempt, job_id, node_id, command, timeout_seconds, env FROM claimed;
+SELECT c.id, c.attempt, c.job_id, c.node_id, c.command, c.timeout_seconds, c.env,
+       EXISTS (SELECT 1 FROM node_edges e WHERE e.parent_id = c.id) AS has_dependents
+FROM claimed c;
 
 -- name: heartbeat
 WITH held AS (
@@ -70,6 +71,14 @@ WITH held AS (
          AS s(id, attempt, started_at)
     WHERE a.node_id = s.id AND a.attempt = s.attempt AND a.started_at IS NULL
       AND s.started_at IS NOT NULL AND a.worker_id = %(worker)s
+), released AS (
+    -- Attempts this worker was granted over `grace` seconds ago but does not list: the claim
+    -- reply was lost, or the worker restarted under the same id. Expire their lease now so
+    -- the sweep retries them, rather than a whole lease later.
+    UPDATE nodes n SET lease_until = clock_timestamp()
+    WHERE n.state = 'running' AND n.worker_id = %(worker)s
+      AND NOT (n.id = ANY(%(ids)s::bigint[]))
+      AND n.lease_until < clock_timestamp() + make_interval(secs => %(lease)s - %(grace)s)
 ), seen AS (
     INSERT INTO workers (worker_id, last_seen_at, running)
     VALUES (%(worker)s, clock_timestamp(), cardinality(%(ids)s::bigint[]))
@@ -80,22 +89,32 @@ SELECT h.id, h.attempt, j.cancel_requested_at IS NOT NULL AS cancel
 FROM held h JOIN jobs j ON j.id = h.job_id;
 
 -- name: succeed_running
--- The hot path in one round trip: this head, then `unblock_children`. Records the success,
--- unblocks children whose last pending dependency this was, counts the node on its job.
-WITH done AS (
-    UPDATE nodes
-    SET state = 'succeeded', finished_at = %(finished_at)s, lease_until = NULL,
-        deadline_at = NULL
-    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running' AND worker_id = %(worker)s
-    RETURNING id, job_id, idempotency_key
+-- The hot path, one statement for a whole batch of reported successes: this head, then
+-- `unblock_children`. Records the successes, unblocks children whose last pending
+-- dependencies these were, counts the nodes as finished on their jobs.
+WITH reported AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(started)s::timestamptz[],
+        %(finished)s::timestamptz[], %(codes)s::integer[], %(out)s::text[], %(out_bytes)s::bigint[],
+        %(err)s::text[], %(err_bytes)s::bigint[]
+    ) AS r(id, attempt, started_at, finished_at, exit_code, stdout_tail, stdout_bytes,
+           stderr_tail, stderr_bytes)
+), done AS (
+    UPDATE nodes n
+    SET state = 'succeeded', finished_at = r.finished_at, lease_until = NULL, deadline_at = NULL
+    FROM reported r
+    WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'running'
+      AND n.worker_id = %(worker)s
+    RETURNING n.id, n.job_id, n.idempotency_key
 ), recorded AS (
-    UPDATE attempts
-    SET started_at = COALESCE(started_at, %(started_at)s), finished_at = %(finished_at)s,
-        exit_code = %(exit_code)s, reason = 'succeeded',
-        stdout_tail = %(stdout_tail)s, stdout_bytes = %(stdout_bytes)s,
-        stderr_tail = %(stderr_tail)s, stderr_bytes = %(stderr_bytes)s
-    WHERE node_id = %(id)s AND attempt = %(attempt)s AND EXISTS (SELECT 1 FROM done)
-    RETURNING enqueued_at
+    UPDATE attempts a
+    SET started_at = COALESCE(a.started_at, r.started_at), finished_at = r.finished_at,
+        exit_code = r.exit_code, reason = 'succeeded',
+        stdout_tail = r.stdout_tail, stdout_bytes = r.stdout_bytes,
+        stderr_tail = r.stderr_tail, stderr_bytes = r.stderr_bytes
+    FROM reported r JOIN done d ON d.id = r.id
+    WHERE a.node_id = r.id AND a.attempt = r.attempt
+    RETURNING a.node_id, a.enqueued_at
 ),
 
 -- name: succeed_cached
@@ -108,40 +127,49 @@ WITH done AS (
     WHERE id = %(id)s AND state = 'pending' AND deps_pending = 0
     RETURNING id, job_id, idempotency_key
 ), recorded AS (
-    SELECT NULL::timestamptz AS enqueued_at
+    SELECT NULL::bigint AS node_id, NULL::timestamptz AS enqueued_at WHERE false
 ),
 
 -- name: unblock_children
--- Shared tail of the two heads above (they define `done` and `recorded`). Children with an
--- idempotency key become ready but stay pending: the store admits them by key.
-ready AS (
-    UPDATE nodes c
-    SET deps_pending = c.deps_pending - 1,
-        state = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
-                     THEN 'queued' ELSE c.state END,
-        attempt = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
-                       THEN 1 ELSE c.attempt END,
-        enqueued_at = CASE WHEN c.deps_pending = 1 AND c.idempotency_key IS NULL
-                           THEN clock_timestamp() END
+-- Shared tail of the two heads above (they define `done` and `recorded`): a child loses one
+-- pending dependency per parent that succeeded here. Children with an idempotency key become
+-- ready but stay pending: the store admits them by key.
+unblocked AS (
+    SELECT e.child_id, count(*)::integer AS n
     FROM node_edges e JOIN done ON e.parent_id = done.id
-    WHERE c.id = e.child_id AND c.state = 'pending'
+    GROUP BY e.child_id
+), ready AS (
+    UPDATE nodes c
+    SET deps_pending = c.deps_pending - u.n,
+        state = CASE WHEN c.deps_pending = u.n AND c.idempotency_key IS NULL
+                     THEN 'queued' ELSE c.state END,
+        attempt = CASE WHEN c.deps_pending = u.n AND c.idempotency_key IS NULL
+                       THEN 1 ELSE c.attempt END,
+        enqueued_at = CASE WHEN c.deps_pending = u.n AND c.idempotency_key IS NULL
+                           THEN clock_timestamp() END
+    FROM unblocked u
+    WHERE c.id = u.child_id AND c.state = 'pending'
     RETURNING c.id, c.attempt, c.state, c.deps_pending, c.idempotency_key
+), per_job AS (
+    SELECT job_id, count(*)::integer AS n FROM done GROUP BY job_id
 ), job AS (
-    UPDATE jobs j SET nodes_unfinished = j.nodes_unfinished - 1
-    FROM done WHERE j.id = done.job_id
+    UPDATE jobs j SET nodes_unfinished = j.nodes_unfinished - p.n
+    FROM per_job p WHERE j.id = p.job_id
     RETURNING j.id, j.nodes_unfinished, j.nodes_failed,
               j.cancel_requested_at IS NOT NULL AS cancelled
 )
-SELECT (SELECT id FROM job) AS job_id,
-       (SELECT idempotency_key FROM done) AS key,
-       (SELECT enqueued_at FROM recorded) AS enqueued_at,
-       (SELECT nodes_unfinished FROM job) AS unfinished,
-       (SELECT nodes_failed FROM job) AS failed,
-       (SELECT cancelled FROM job) AS cancelled,
+SELECT ARRAY(SELECT node_id FROM recorded ORDER BY node_id) AS recorded_ids,
+       ARRAY(SELECT enqueued_at FROM recorded ORDER BY node_id) AS recorded_at,
+       ARRAY(SELECT DISTINCT idempotency_key FROM done WHERE idempotency_key IS NOT NULL)
+           AS keys,
        ARRAY(SELECT id FROM ready WHERE state = 'queued' ORDER BY id) AS ready_ids,
        ARRAY(SELECT attempt FROM ready WHERE state = 'queued' ORDER BY id) AS ready_attempts,
        ARRAY(SELECT id FROM ready WHERE deps_pending = 0 AND idempotency_key IS NOT NULL
-             ORDER BY id) AS keyed_ids;
+             ORDER BY id) AS keyed_ids,
+       ARRAY(SELECT id FROM job WHERE nodes_unfinished = 0 ORDER BY id) AS done_jobs,
+       ARRAY(SELECT nodes_failed FROM job WHERE nodes_unfinished = 0 ORDER BY id) AS done_failed,
+       ARRAY(SELECT cancelled FROM job WHERE nodes_unfinished = 0 ORDER BY id) AS done_cancelled,
+       (SELECT count(*) FROM done)::integer AS succeeded;
 
 -- name: lock_key
 -- Serialises every decision about one idempotency key (released at commit).
@@ -184,6 +212,12 @@ FROM nodes n JOIN jobs j ON j.id = n.job_id
 WHERE n.id = %(id)s AND n.attempt = %(attempt)s AND n.state = 'running'
   AND n.worker_id = %(worker)s
 FOR UPDATE OF n;
+
+-- name: already_recorded
+-- A report whose compare-and-set failed: is it a retry of one already recorded?
+SELECT reason FROM attempts
+WHERE node_id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker)s
+  AND finished_at IS NOT NULL;
 
 -- name: record_attempt
 UPDATE attempts

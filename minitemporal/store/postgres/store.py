@@ -217,7 +217,13 @@ class PostgresStore(Store):
                     )
                 return SubmitResult(str(existing["id"]), created=False)
             inserted = await self._all(conn, "insert_nodes", {"job": job_id, "nodes": Jsonb(nodes)})
-            await conn.execute(self._q["insert_edges"], {"job": job_id})
+            key_of = {r["node_id"]: r["id"] for r in inserted}
+            edges = [(key_of[d], key_of[n.id]) for n in spec.nodes for d in n.depends_on]
+            if edges:
+                await conn.execute(
+                    self._q["insert_edges"],
+                    {"parents": [p for p, _ in edges], "children": [c for _, c in edges]},
+                )
             tx = _Changes(self, conn)
             tx.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
@@ -383,28 +389,29 @@ class PostgresStore(Store):
     ) -> list[ClaimedTask]:
         if not refs:
             return []
+        return await self._tx(lambda conn: self._claim(conn, worker_id, refs, lease_seconds))
+
+    async def _claim(
+        self, conn: Conn, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
+    ) -> list[ClaimedTask]:
         params = {
             "worker": worker_id,
             "lease": lease_seconds,
             "ids": [r.node for r in refs],
             "attempts": [r.attempt for r in refs],
         }
-
-        async def body(conn: Conn) -> list[ClaimedTask]:
-            rows = await self._all(conn, "claim", params)
-            return [
-                ClaimedTask(
-                    ref=TaskRef(r["id"], r["attempt"]),
-                    job_id=str(r["job_id"]),
-                    node_id=r["node_id"],
-                    command=r["command"],
-                    timeout_seconds=r["timeout_seconds"],
-                    env=tuple((k, v) for k, v in r["env"]),
-                )
-                for r in rows
-            ]
-
-        return await self._tx(body)
+        return [
+            ClaimedTask(
+                ref=TaskRef(r["id"], r["attempt"]),
+                job_id=str(r["job_id"]),
+                node_id=r["node_id"],
+                command=r["command"],
+                timeout_seconds=r["timeout_seconds"],
+                env=tuple((k, v) for k, v in r["env"]),
+                has_dependents=r["has_dependents"],
+            )
+            for r in await self._all(conn, "claim", params)
+        ]
 
     async def heartbeat(
         self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
@@ -415,6 +422,7 @@ class PostgresStore(Store):
             "ids": [b.ref.node for b in beats],
             "attempts": [b.ref.attempt for b in beats],
             "started": [b.started_at for b in beats],
+            "grace": min(max(2.0, lease_seconds / 3), lease_seconds),
         }
 
         async def body(conn: Conn) -> HeartbeatResult:
@@ -426,31 +434,65 @@ class PostgresStore(Store):
 
         return await self._tx(body)
 
-    async def complete(self, worker_id: str, results: Sequence[TaskResult]) -> CompleteResult:
+    async def complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        *,
+        want: int = 0,
+        claim: Sequence[TaskRef] = (),
+        lease_seconds: float = 0.0,
+    ) -> CompleteResult:
         async def body(conn: Conn) -> CompleteResult:
             tx = _Changes(self, conn)
-            enqueued: list[datetime | None] = []
-            for result in results:
+            enqueued: list[datetime | None] = [None] * len(results)
+            duplicate = [False] * len(results)
+            wins = [i for i, r in enumerate(results) if r.outcome is Outcome.SUCCEEDED]
+            if wins:
+                recorded = await tx.succeed_running(worker_id, [results[i] for i in wins])
+                for i in wins:
+                    enqueued[i] = recorded.get(results[i].ref.node)
+            for i, result in enumerate(results):
                 params = _result_params(worker_id, result)
                 if result.outcome is Outcome.SUCCEEDED:
-                    enqueued.append(await tx.succeed_running(params))
+                    if enqueued[i] is None:
+                        duplicate[i] = await self._recorded(conn, params, result)
                     continue
                 node = await self._one(conn, "lock_running", params)
                 if node is None:
-                    enqueued.append(None)
+                    duplicate[i] = await self._recorded(conn, params, result)
                     continue
-                recorded = await self._one(
+                row = await self._one(
                     conn, "record_attempt", {**params, "reason": result.outcome.value}
                 )
-                enqueued.append(recorded["enqueued_at"] if recorded else None)
+                enqueued[i] = row["enqueued_at"] if row else None
                 await tx.after_failure(node, result.outcome)
+            claimed: list[ClaimedTask] = []
+            if want > 0 and claim:  # first in line: what the worker popped from the queue
+                claimed = await self._claim(conn, worker_id, claim[:want], lease_seconds)
+            queued = sorted(tx.queued)
+            room = want - len(claimed)
+            if room > 0 and queued:
+                # Hand the reporting worker what its results unblocked: same transaction,
+                # same compare-and-set claim, no trip through the queue.
+                handed = await self._claim(conn, worker_id, queued[:room], lease_seconds)
+                taken = {c.ref for c in handed}
+                queued = [r for r in queued if r not in taken]
+                claimed += handed
             return CompleteResult(
                 enqueued_at=tuple(enqueued),
-                queued=tuple(tx.queued),
+                queued=tuple(queued),
                 finished_jobs=tuple(tx.finished),
+                claimed=tuple(claimed),
+                duplicate=tuple(duplicate),
             )
 
         return await self._tx(body)
+
+    async def _recorded(self, conn: Conn, params: dict[str, Any], result: TaskResult) -> bool:
+        """The report was already recorded (a retried delivery), not stale."""
+        row = await self._one(conn, "already_recorded", params)
+        return row is not None and row["reason"] == result.outcome.value
 
     def _node_policy(self, node: dict[str, Any]) -> RetryPolicy:
         if node["backoff_base"] is None:
@@ -533,25 +575,45 @@ class _Changes:
     async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         return await self.store._one(self.conn, name, params)
 
-    async def succeed_running(self, params: dict[str, Any]) -> datetime | None:
-        """Record a reported success; the attempt's enqueue time, or None if it was stale."""
-        row = await self._succeed(self.store._succeed_running, params)
-        return row["enqueued_at"] if row is not None else None
+    async def succeed_running(
+        self, worker_id: str, results: Sequence[TaskResult]
+    ) -> dict[int, datetime]:
+        """Record reported successes in one statement; the enqueue time of each one recorded
+        (a result missing from the answer was stale or a duplicate)."""
+        r = [_result_params(worker_id, x) for x in results]
+        row = await self._succeed(
+            self.store._succeed_running,
+            {
+                "worker": worker_id,
+                "ids": [p["id"] for p in r],
+                "attempts": [p["attempt"] for p in r],
+                "started": [p["started_at"] for p in r],
+                "finished": [p["finished_at"] for p in r],
+                "codes": [p["exit_code"] for p in r],
+                "out": [p["stdout_tail"] for p in r],
+                "out_bytes": [p["stdout_bytes"] for p in r],
+                "err": [p["stderr_tail"] for p in r],
+                "err_bytes": [p["stderr_bytes"] for p in r],
+            },
+        )
+        return dict(zip(row["recorded_ids"], row["recorded_at"], strict=True)) if row else {}
 
     async def _succeed(self, query: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """Run a success head + `unblock_children`; follow up on what it unblocked."""
         cur = await self.conn.execute(query, params)
         row = await cur.fetchone()
-        if row is None or row["job_id"] is None:
+        if row is None or not row["succeeded"]:
             return None
         self.queued.extend(
             TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
         )
         await self.admit_keyed(row["keyed_ids"])
-        if row["key"] is not None:
-            await self.wake_key_waiters(row["key"])
-        if row["unfinished"] == 0:
-            await self.finish_job(row["job_id"], cancelled=row["cancelled"], failed=row["failed"])
+        for key in row["keys"]:
+            await self.wake_key_waiters(key)
+        for job, failed, cancelled in zip(
+            row["done_jobs"], row["done_failed"], row["done_cancelled"], strict=True
+        ):
+            await self.finish_job(job, cancelled=cancelled, failed=failed)
         return row
 
     async def admit_keyed(self, node_ids: Sequence[int]) -> None:

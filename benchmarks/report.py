@@ -1,0 +1,162 @@
+"""Output: the table on stdout, the JSON results file, the Markdown table in README.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import stats
+from benchmarks.workloads import ROWS, lookup
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": memory_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": load,
+    }
+
+
+def rows(results: dict[str, Any], peer: str | None) -> list[dict[str, Any]]:
+    ours = results["figures"].get("minitemporal", {})
+    theirs = results["figures"].get(peer, {}) if peer else {}
+    out = []
+    for figure, path in ROWS:
+        a, b = lookup(ours, path), lookup(theirs, path)
+        if a is None and b is None:
+            continue
+        out.append(
+            {
+                "workload": figure.workload,
+                "figure": figure.label,
+                "unit": figure.unit,
+                "better": figure.better,
+                "minitemporal": a,
+                "peer": b,
+                "ratio": stats.ratio(a, b),
+            }
+        )
+    return out
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def text_table(table: list[dict[str, Any]], peer: str | None) -> str:
+    if peer:
+        head = ["figure", "unit", "minitemporal", peer, f"ratio mt/{peer}", "better"]
+    else:
+        head = ["figure", "unit", "minitemporal", "better"]
+    body = [
+        [r["figure"], r["unit"], _num(r["minitemporal"])]
+        + ([_num(r["peer"]), _ratio(r["ratio"])] if peer else [])
+        + [r["better"]]
+        for r in table
+    ]
+    widths = [max(len(str(row[i])) for row in [head, *body]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | None) -> str:
+    m = results["machine"]
+    sys_ = results["systems"]
+    lines = [
+        f"Run on {results['date']} with `{results['command']}`.",
+        "",
+        f"- Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['python']}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'] or [])}.",
+        f"- minitemporal: {sys_['minitemporal']['description']}.",
+    ]
+    if peer and peer in sys_:
+        lines.append(f"- {peer}: {sys_[peer]['description']}.")
+    lines += [
+        f"- Sizes: {results['plan_description']}.",
+        "",
+    ]
+    if peer:
+        lines += [
+            f"| figure | unit | minitemporal | {peer} | ratio mt/{peer} | better |",
+            "|---|---|--:|--:|--:|---|",
+        ]
+    else:
+        lines += ["| figure | unit | minitemporal | better |", "|---|---|--:|---|"]
+    for r in table:
+        cells = [r["figure"], r["unit"], _num(r["minitemporal"])]
+        if peer:
+            cells += [_num(r["peer"]), _ratio(r["ratio"])]
+        lines.append("| " + " | ".join([*cells, r["better"]]) + " |")
+    if results.get("errors"):
+        lines.append("")
+        lines.append("Errors in this run:")
+        lines += [f"- {k}: {v.splitlines()[0] if v else v}" for k, v in results["errors"].items()]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the text between the result markers; False when the markers are missing."""
+    text = readme.read_text()
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        return False
+    new = text[: start + len(START)] + "\n" + block.rstrip() + "\n" + text[end:]
+    readme.write_text(new)
+    return True
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

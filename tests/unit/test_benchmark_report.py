@@ -1,0 +1,59 @@
+"""The benchmark suite's pure plumbing: workload names, figure lookup, the README block."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.cli import build_parser, make_plan, parse_workloads
+from benchmarks.workloads import ROWS, Plan, lookup
+
+
+def test_workloads_by_name_or_letter() -> None:
+    assert parse_workloads("a,dag") == ["latency", "dag"]
+    assert parse_workloads("all") == ["latency", "throughput", "dag", "submit"]
+    assert parse_workloads("b, b ,d") == ["throughput", "submit"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown workload"):
+        parse_workloads("latency,bogus")
+
+
+def test_default_plan_is_small_and_full_is_the_issue_size() -> None:
+    small = make_plan(build_parser().parse_args([]))
+    full = make_plan(build_parser().parse_args(["--full", "--clients", "4"]))
+    assert small == Plan.small()
+    assert full.burst_nodes == 5000 and full.burst_jobs == 100 and full.submit_clients == 4
+    assert small.burst_nodes <= full.burst_nodes
+
+
+def test_lookup_follows_a_path_or_gives_none() -> None:
+    figures = {"latency": {"enqueue_to_start_ms": {"p50": 3}}, "submit": {"call_ms": None}}
+    assert lookup(figures, ("latency", "enqueue_to_start_ms", "p50")) == 3.0
+    assert lookup(figures, ("latency", "missing")) is None
+    assert lookup(figures, ("submit", "call_ms", "p50")) is None
+
+
+def test_rows_carry_both_figures_and_the_ratio() -> None:
+    results = {
+        "figures": {
+            "minitemporal": {"dag_chain": {"overhead_per_edge_ms": 6.0}},
+            "celery": {"dag_chain": {"overhead_per_edge_ms": 4.0}},
+        }
+    }
+    table = report.rows(results, "celery")
+    assert len(table) == 1
+    assert table[0]["ratio"] == 1.5 and table[0]["better"] == "lower"
+    assert "(c) chain" in report.text_table(table, "celery")
+    assert len({figure.key for figure, _ in ROWS}) == len(ROWS)
+
+
+def test_readme_block_is_replaced_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold table\n{report.END}\nafter\n")
+    assert report.update_readme(readme, "new table")
+    assert readme.read_text() == f"intro\n{report.START}\nnew table\n{report.END}\nafter\n"
+    readme.write_text("no markers here\n")
+    assert not report.update_readme(readme, "x")
+    assert readme.read_text() == "no markers here\n"
