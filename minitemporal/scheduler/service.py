@@ -150,7 +150,7 @@ class SchedulerService:
             self.metrics.claims_rejected.inc(
                 len(claim[:want]) - len([r for r in claim if r in handed])
             )
-        if outcome.queued:
+        if outcome.queued or outcome.claimed:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
         m = self.metrics

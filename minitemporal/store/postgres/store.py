@@ -422,11 +422,16 @@ class PostgresStore(Store):
             "ids": [b.ref.node for b in beats],
             "attempts": [b.ref.attempt for b in beats],
             "started": [b.started_at for b in beats],
-            "grace": min(max(2.0, lease_seconds / 3), lease_seconds),
+            # A claim reply may still be in flight when the worker lists what it holds.
+            "grace": max(0.5, lease_seconds / 3),
         }
 
         async def body(conn: Conn) -> HeartbeatResult:
             rows = await self._all(conn, "heartbeat", params)
+            tx = _Changes(self, conn)
+            for node in await self._all(conn, "lock_unlisted", params):
+                await self._one(conn, "record_attempt", _given_up(node, Outcome.INTERRUPTED))
+                await tx.after_failure(node, Outcome.INTERRUPTED)
             held = {TaskRef(r["id"], r["attempt"]): r["cancel"] for r in rows}
             cancel = tuple(ref for ref, c in held.items() if c)
             lost = tuple(b.ref for b in beats if b.ref not in held)
