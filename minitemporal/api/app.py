@@ -120,6 +120,15 @@ def _query_int(req: falcon.asgi.Request, name: str, default: int) -> int:
         raise InvalidInput(f"bad {name}", [Problem(f"/{name}", "must be an integer")]) from None
 
 
+def _query_bool(req: falcon.asgi.Request, name: str, default: bool) -> bool:
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise InvalidInput(f"bad {name}", [Problem(f"/{name}", "must be true or false")])
+
+
 def _job_id(raw: str) -> str:
     """Job ids are UUIDs: anything else names no job, and need not travel to the scheduler."""
     try:
@@ -185,7 +194,7 @@ class JobResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
     ) -> None:
         # ?nodes=false: the summary only (status, counts), cheap to poll for a large job.
-        with_nodes = req.get_param_as_bool("nodes", default=True)
+        with_nodes = _query_bool(req, "nodes", default=True)
         job = await self._d.scheduler.get_job(_job_id(job_id), include_nodes=with_nodes)
         resp.media = serialize.job(job, with_nodes=with_nodes)
 
@@ -236,6 +245,7 @@ def create_app(deps: ApiDeps) -> falcon.asgi.App:
         middleware.append(AuthMiddleware(deps.tokens, SCOPES, open_routes(deps.metrics_auth)))
     app = falcon.asgi.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.keep_blank_qs_values = True  # `?limit=` is a bad limit, not "no limit given"
     install_problem_handlers(app)
     app.add_route("/v1/jobs", JobsResource(deps))
     app.add_route("/v1/jobs/{job_id}", JobResource(deps))

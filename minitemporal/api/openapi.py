@@ -314,7 +314,7 @@ _STATUS_TEXT = {
     408: "The body did not arrive in time.",
     409: "The request contradicts the job's state, or reuses an Idempotency-Key.",
     413: "The body is larger than the configured limit (it was not read).",
-    422: "The request is well-formed but invalid; `errors` lists every problem.",
+    422: "The request (body, query or header) is invalid; `errors` lists every problem.",
     503: "The scheduler (or the store behind it) is unavailable; retry later.",
 }
 
@@ -439,7 +439,7 @@ def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> 
                 "read",
                 auth,
                 {"200": _ok("The job.", "Job")},
-                (400, 404, 503),
+                (404, 422, 503),
                 parameters=[
                     job_id,
                     {

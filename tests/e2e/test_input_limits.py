@@ -161,9 +161,14 @@ def test_bad_query_and_path_values_are_4xx(api: Api) -> None:
     assert api.http.get("/v1/jobs/%00").status_code == 404
     assert api.http.get("/v1/jobs/%ED%A0%80").status_code == 404
     assert api.http.post("/v1/jobs/x%00y/cancel").status_code == 404
-    for params in ({"cursor": "\x00"}, {"cursor": "é"}, {"status": "\x00"}, {"limit": "1e9"}):
+    bad = [{"cursor": "\x00"}, {"cursor": "é"}, {"status": "\x00"}, {"limit": "1e9"}]
+    bad += [{"limit": "0"}, {"limit": ""}, {"status": ""}]
+    for params in bad:
         problem(api.http.get("/v1/jobs", params=params), 422)
-    problem(api.http.get("/v1/jobs", params={"limit": "0"}), 422)
+    job_id = api.submit({"name": "q", "nodes": [node("a")]})
+    for value in ("", "1", "yes", "TRUE"):
+        problem(api.http.get(f"/v1/jobs/{job_id}", params={"nodes": value}), 422)
+    assert "nodes" not in api.http.get(f"/v1/jobs/{job_id}", params={"nodes": "false"}).json()
 
 
 def test_a_trickling_client_is_cut_and_holds_up_nobody(api: Api) -> None:
