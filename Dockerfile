@@ -1,7 +1,8 @@
 # minitemporal: one image for every role; the command chooses the roles.
 #
 #   docker build -t minitemporal .
-#   docker run --init -p 127.0.0.1:8080:8080 -e MINITEMPORAL_API_HOST=0.0.0.0 minitemporal
+#   docker run --init -p 127.0.0.1:8080:8080 -e MINITEMPORAL_API_HOST=0.0.0.0 \
+#       -e MINITEMPORAL_INSECURE_NO_AUTH=true minitemporal    # local try-out only: see SECURITY.md
 #
 # Nothing secret is baked in: database URLs, the gRPC secret and api tokens come from the
 # environment at run time (see docker-compose.yml and README.md, "Deploying"). Containers

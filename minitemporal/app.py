@@ -8,6 +8,7 @@ same code. Signals belong to this module alone: uvicorn's handlers are switched 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -20,7 +21,9 @@ import uvicorn
 from anyio.abc import TaskGroup
 from grpc_health.v1._async import HealthServicer
 
-from minitemporal.api.app import ApiDeps, create_app
+from minitemporal.api.app import SCOPES, ApiDeps, create_app, open_routes
+from minitemporal.api.auth import AuthMiddleware, TokenSet
+from minitemporal.api.guard import HeaderDeadlineProtocol
 from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
 from minitemporal.failpoints import Failpoints
@@ -31,9 +34,12 @@ from minitemporal.observability.metrics import Metrics
 from minitemporal.queue.base import TaskQueue
 from minitemporal.rpc.client import SchedulerClient
 from minitemporal.rpc.server import build_server, set_serving
+from minitemporal.rpc.tls import channel_credentials, server_credentials
 from minitemporal.scheduler.maintenance import Maintenance
 from minitemporal.scheduler.service import SchedulerService
 from minitemporal.store.base import Store
+from minitemporal.worker.environment import UserPool, parse_run_as
+from minitemporal.worker.process import ResourceLimits
 from minitemporal.worker.worker import Worker, WorkerConfig
 
 log = logging.getLogger("minitemporal")
@@ -98,6 +104,40 @@ def embedded_parts(settings: Settings) -> list[tuple[str, str]]:
     return parts
 
 
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def check_exposure(settings: Settings, tokens: TokenSet) -> None:
+    """Submitting a job runs shell commands: refuse, in one line, to serve the api without
+    tokens, or gRPC without a secret, beyond loopback, unless explicitly told to."""
+    s = settings
+    if s.insecure_no_auth:
+        log.warning(
+            "--insecure-no-auth: whoever reaches this process may be able to run commands on "
+            "its workers; configure MINITEMPORAL_API_TOKENS and MINITEMPORAL_GRPC_SECRET instead"
+        )
+        return
+    if "api" in s.role_set and not tokens and not is_loopback(s.api_host):
+        raise ConfigurationError(
+            f"refusing to serve the api on {s.api_host} without tokens: anyone who reaches it "
+            "could run commands. Create one with `minitemporal token create --name NAME "
+            "--scopes read,submit` and set MINITEMPORAL_API_TOKENS (or _FILE), or listen on "
+            "127.0.0.1, or pass --insecure-no-auth"
+        )
+    if "scheduler" in s.role_set and s.grpc_secret is None and not is_loopback(s.grpc_host):
+        raise ConfigurationError(
+            f"refusing to serve gRPC on {s.grpc_host} without MINITEMPORAL_GRPC_SECRET: anyone "
+            "who reaches it could submit jobs. Set the same secret on every role, or listen on "
+            "127.0.0.1, or pass --insecure-no-auth"
+        )
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -111,10 +151,34 @@ class Runtime:
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.http: EmbeddedUvicorn | None = None
+        self.tokens = TokenSet(())
+        self.users: UserPool | None = None
+        self.limits: ResourceLimits | None = None
 
     async def run(self) -> None:
         s = self.settings
         check_roles(s)
+        self.tokens = TokenSet.load(
+            s.api_tokens.get_secret_value() if s.api_tokens else None, s.api_tokens_file
+        )
+        check_exposure(s, self.tokens)
+        # Read certificates and users now: a mistake is a one-line error before anything runs.
+        grpc_server_credentials = server_credentials(
+            s.grpc_tls_cert, s.grpc_tls_key, s.grpc_tls_client_ca
+        )
+        grpc_channel_credentials = channel_credentials(
+            s.grpc_tls_ca, s.grpc_tls_client_cert, s.grpc_tls_client_key
+        )
+        if "worker" in self.roles:
+            self.users = (
+                UserPool(parse_run_as(s.run_as_user), s.worker_slots) if s.run_as_user else None
+            )
+            self.limits = ResourceLimits.configured(
+                cpu_seconds=s.limit_cpu_seconds,
+                memory_bytes=s.limit_memory_bytes,
+                open_files=s.limit_open_files,
+                processes=s.limit_processes,
+            )
         self._banner()
         for warning in unknown_variables(os.environ):
             log.warning(warning)
@@ -136,6 +200,8 @@ class Runtime:
                     s.resolved_scheduler_address,
                     metrics=self.metrics.grpc,
                     secret=s.grpc_secret.get_secret_value() if s.grpc_secret else None,
+                    credentials=grpc_channel_credentials,
+                    server_name=s.grpc_tls_server_name,
                     wait_for_ready="worker" in self.roles and "api" not in self.roles,
                 )
                 stack.push_async_callback(self.client.close)
@@ -145,7 +211,9 @@ class Runtime:
                 tg.start_soon(self._watch_signals, tg)
                 tg.start_soon(self._serve_http)
                 if self.store is not None and self.queue is not None:
-                    service = await self._start_scheduler(tg, grpc_health, self.store, self.queue)
+                    service = await self._start_scheduler(
+                        tg, grpc_health, self.store, self.queue, grpc_server_credentials
+                    )
                     if service is None:  # stopped while waiting for the store
                         tg.cancel_scope.cancel()  # the http server and signal watcher too
                         return
@@ -196,7 +264,12 @@ class Runtime:
         return False
 
     async def _start_scheduler(
-        self, tg: TaskGroup, grpc_health: HealthServicer, store: Store, queue: TaskQueue
+        self,
+        tg: TaskGroup,
+        grpc_health: HealthServicer,
+        store: Store,
+        queue: TaskQueue,
+        credentials: grpc.ServerCredentials | None,
     ) -> SchedulerService | None:
         s = self.settings
         if not await self._open_with_retry("store", store.open):
@@ -216,6 +289,7 @@ class Runtime:
             self.metrics.grpc,
             grpc_health,
             secret=s.grpc_secret.get_secret_value() if s.grpc_secret else None,
+            credentials=credentials,
             address=f"{s.grpc_host}:{s.grpc_port}",
         )
         await self.grpc_server.start()
@@ -260,10 +334,12 @@ class Runtime:
                     kill_grace_seconds=s.kill_grace_seconds,
                     output_tail_bytes=s.output_tail_bytes,
                     work_dir=s.work_dir,
+                    limits=self.limits,
                 ),
                 client=client,
                 queue=queue,
                 metrics=self.metrics.worker,
+                users=self.users,
             )
             await worker.run(self.stopping)
         finally:
@@ -279,11 +355,20 @@ class Runtime:
                     max_body_bytes=s.max_body_bytes,
                     metrics=self.metrics,
                     health=self.health,
+                    tokens=self.tokens or None,
+                    metrics_auth=s.metrics_auth,
+                    max_json_depth=s.max_json_depth,
+                    body_timeout=s.http_body_timeout_seconds,
                 )
             )
             host, port, what = s.api_host, s.api_port, "api"
         else:
-            app = create_ops_app(self.health, self.metrics.registry)
+            auth = (
+                [AuthMiddleware(self.tokens, SCOPES, open_routes(metrics_auth=True))]
+                if s.metrics_auth
+                else []
+            )
+            app = create_ops_app(self.health, self.metrics.registry, auth)
             host, port, what = s.metrics_host, s.metrics_port, "metrics"
         config = uvicorn.Config(
             app,
@@ -293,6 +378,8 @@ class Runtime:
             log_config=None,
             access_log=False,
             server_header=False,
+            http=HeaderDeadlineProtocol.with_timeout(s.http_header_timeout_seconds),
+            limit_concurrency=s.http_max_connections,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=10,
         )

@@ -3,6 +3,7 @@ setting has a flag and an environment variable, and `--help` documents both.
 
     minitemporal --roles all                 run roles in this process
     minitemporal db migrate                  create or upgrade the schema
+    minitemporal token create --name ci      make an API token and its configuration entry
 """
 
 from __future__ import annotations
@@ -135,6 +136,47 @@ def db_migrate(ctx: click.Context) -> None:
     except MinitemporalError as exc:
         fail(exc.detail, 1)
     click.echo("minitemporal: schema is up to date")
+
+
+@main.group()
+def token() -> None:
+    """API tokens (the server keeps only their SHA-256)."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="Who uses the token (shown in logs and errors).")
+@click.option(
+    "--scopes",
+    default="read",
+    show_default=True,
+    help="Comma list of read, submit (submit and cancel jobs), metrics.",
+)
+def token_create(name: str, scopes: str) -> None:
+    """Print a new token (once: it is stored nowhere) and the entry to configure."""
+    from minitemporal.api.auth import new_token
+
+    try:
+        secret, entry = new_token(name, scopes.split(","))
+    except ConfigurationError as exc:
+        fail(exc.detail)
+    click.echo(f"token:  {secret}")
+    click.echo(f"entry:  {entry.entry()}")
+    click.echo(
+        "Give the token to its user (Authorization: Bearer <token>); add the entry to "
+        "MINITEMPORAL_API_TOKENS (separated by spaces) or a line of MINITEMPORAL_API_TOKENS_FILE.",
+        err=True,
+    )
+
+
+@token.command("hash")
+def token_hash() -> None:
+    """Read a token on standard input; print its SHA-256, as a token entry holds it."""
+    from minitemporal.api.auth import hash_token
+
+    value = sys.stdin.readline().strip()
+    if not value:
+        fail("give the token on standard input")
+    click.echo(hash_token(value).hex())
 
 
 if __name__ == "__main__":  # pragma: no cover

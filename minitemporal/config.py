@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Literal
@@ -124,6 +125,36 @@ class Settings(BaseSettings):
     max_nodes: int = Field(10_000, ge=1, description="Most nodes in one job.")
     max_command_length: int = Field(65_536, ge=1, description="Longest command, in characters.")
     max_dependencies: int = Field(1_000, ge=0, description="Most depends_on entries of one node.")
+    max_json_depth: int = Field(
+        32, ge=8, le=512, description="Deepest nesting of arrays and objects in a request body."
+    )
+    max_name_length: int = Field(
+        256, ge=1, le=65_536, description="Longest job name, node name or idempotency key."
+    )
+    max_env_vars: int = Field(64, ge=0, le=10_000, description="Most env variables of one node.")
+    max_env_value_length: int = Field(
+        8_192, ge=0, description="Longest value of one env variable, in characters."
+    )
+    max_retries: int = Field(100, ge=0, le=10_000, description="Most retries of one node.")
+    max_timeout_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, le=365 * 24 * 3600.0, description="Longest timeout_seconds."
+    )
+    id_pattern: str = Field(
+        r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}",
+        description="Regular expression every node id must match in full.",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A client must send a request's headers within this (slow clients are cut).",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A client must send a request's body within this (408)."
+    )
+    http_max_connections: int = Field(
+        1000, ge=1, description="Open connections and requests the api serves at once (503 above)."
+    )
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level printed."
@@ -139,6 +170,79 @@ class Settings(BaseSettings):
     grpc_secret: SecretStr | None = Field(
         None, description="Shared secret every gRPC call must carry (api, workers, schedulers)."
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="API tokens as NAME:SHA256HEX:SCOPES entries separated by spaces or ';' "
+        "(scopes: read, submit, metrics); `minitemporal token create` makes one.",
+    )
+    api_tokens_file: str | None = Field(
+        None, description="File of API token entries, one a line ('#' comments); read at start."
+    )
+    metrics_auth: bool = Field(
+        False, description="/metrics needs a token with the metrics scope (on every process)."
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="Allow the api without tokens, or gRPC without a secret, on a non-loopback "
+        "address. Anyone who reaches it can run commands: never in production.",
+    )
+    grpc_tls_cert: str | None = Field(
+        None, description="Scheduler: PEM certificate chain; set with the key to serve gRPC on TLS."
+    )
+    grpc_tls_key: str | None = Field(None, description="Scheduler: PEM private key of the cert.")
+    grpc_tls_client_ca: str | None = Field(
+        None,
+        description="Scheduler: PEM CA bundle; set, every gRPC client must present a "
+        "certificate it signed (mutual TLS).",
+    )
+    grpc_tls_ca: str | None = Field(
+        None, description="api and worker: PEM CA bundle to verify the scheduler; set, use TLS."
+    )
+    grpc_tls_client_cert: str | None = Field(
+        None, description="api and worker: PEM certificate to present to the scheduler (mTLS)."
+    )
+    grpc_tls_client_key: str | None = Field(
+        None, description="api and worker: PEM private key of the client certificate."
+    )
+    grpc_tls_server_name: str | None = Field(
+        None,
+        description="api and worker: name expected in the scheduler's certificate. "
+        "Unset: the host of the scheduler address.",
+    )
+    # --- command sandbox (worker)
+    run_as_user: str | None = Field(
+        None,
+        description="Run commands as this user (name, or uid[:gid]); a comma list of at least "
+        "--worker-slots users gives every running command its own. Needs a root worker.",
+    )
+    limit_cpu_seconds: int | None = Field(
+        None, ge=1, description="CPU seconds a command may use (RLIMIT_CPU). Unset: no limit."
+    )
+    limit_memory_bytes: int | None = Field(
+        None,
+        ge=1024 * 1024,
+        description="Address space of each command process (RLIMIT_AS). Unset: no limit.",
+    )
+    limit_open_files: int | None = Field(
+        None,
+        ge=8,
+        description="Open files of each command process (RLIMIT_NOFILE). Unset: no limit.",
+    )
+    limit_processes: int | None = Field(
+        None,
+        ge=1,
+        description="Processes of the command's user (RLIMIT_NPROC; counts every command of a "
+        "shared run-as user). Unset: no limit.",
+    )
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _id_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @field_validator("roles")
     @classmethod
@@ -180,6 +284,12 @@ class Settings(BaseSettings):
             max_nodes=self.max_nodes,
             max_command_length=self.max_command_length,
             max_dependencies=self.max_dependencies,
+            max_name_length=self.max_name_length,
+            max_retries=self.max_retries,
+            max_timeout_seconds=self.max_timeout_seconds,
+            max_env_vars=self.max_env_vars,
+            max_env_value_length=self.max_env_value_length,
+            id_pattern=self.id_pattern,
         )
 
 

@@ -102,7 +102,17 @@ class Conflict(MinitemporalError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class Unauthenticated(MinitemporalError):
+class AccessError(MinitemporalError):
+    """Base of the two refusals of an authenticating server; may carry an HTTP challenge."""
+
+    def __init__(
+        self, detail: str = "", problems: Sequence[Problem] = (), *, challenge: str | None = None
+    ) -> None:
+        super().__init__(detail, problems)
+        self.challenge = challenge  # the WWW-Authenticate value (RFC 6750), if any
+
+
+class Unauthenticated(AccessError):
     """No credentials, or credentials that match nothing."""
 
     slug = "unauthenticated"
@@ -111,13 +121,22 @@ class Unauthenticated(MinitemporalError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class PermissionDenied(MinitemporalError):
+class PermissionDenied(AccessError):
     """Valid credentials without the scope the operation needs."""
 
     slug = "forbidden"
     title = "Forbidden"
     http_status = 403
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class RequestTimeout(MinitemporalError):
+    """The client took too long to send its request; nothing was done."""
+
+    slug = "request-timeout"
+    title = "Request timeout"
+    http_status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Unavailable(MinitemporalError):
@@ -127,6 +146,13 @@ class Unavailable(MinitemporalError):
     title = "Service unavailable"
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class CredentialsRejected(Unavailable):
+    """A scheduler refused this process's own credentials (its gRPC secret or certificate):
+    a deployment mistake, not the caller's, so clients see 503 and the log says what to fix."""
+
+    slug = "unavailable"
 
 
 class ConfigurationError(MinitemporalError):
@@ -147,6 +173,7 @@ _BY_SLUG: dict[str, type[MinitemporalError]] = {
         Conflict,
         Unauthenticated,
         PermissionDenied,
+        RequestTimeout,
         Unavailable,
     )
 }

@@ -112,6 +112,19 @@ def fresh_prefix(redis_url: str) -> Iterator[str]:
         client.close()
 
 
+@contextlib.contextmanager
+def fresh_cluster(
+    tmp: Path, admin_url: str, template: str, redis_url: str, extra_env: dict[str, str]
+) -> Iterator[Cluster]:
+    """A Cluster on its own database and Redis prefix, for a module's shared processes."""
+    with fresh_database(admin_url, template) as db, fresh_prefix(redis_url) as prefix:
+        cluster = Cluster(tmp, db, redis_url, prefix, extra_env=extra_env)
+        try:
+            yield cluster
+        finally:
+            cluster.stop_all()
+
+
 @pytest.fixture
 def database_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     with fresh_database(pg_admin_url, pg_template) as url:

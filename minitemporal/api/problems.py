@@ -8,7 +8,7 @@ from typing import Any
 import falcon
 import falcon.asgi
 
-from minitemporal.errors import PROBLEM_BASE, MinitemporalError
+from minitemporal.errors import PROBLEM_BASE, AccessError, MinitemporalError
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -24,6 +24,8 @@ async def _domain_error(
     resp.text = json.dumps(exc.to_problem(instance=req.path))
     if exc.http_status == 503:
         resp.set_header("Retry-After", "1")
+    if isinstance(exc, AccessError) and exc.challenge:
+        resp.set_header("WWW-Authenticate", exc.challenge)
 
 
 def _http_error_serializer(

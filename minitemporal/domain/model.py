@@ -96,7 +96,11 @@ class TaskRef:
     def decode(cls, raw: str | bytes) -> TaskRef:
         text = raw.decode() if isinstance(raw, bytes) else raw
         node, _, attempt = text.partition(":")
-        return cls(int(node), int(attempt))
+        ref = cls(int(node), int(attempt))
+        # Whoever can write to Redis must not make a claim fail for the refs popped with theirs.
+        if not (0 <= ref.node < 2**63 and 0 <= ref.attempt < 2**31):  # bigint, int
+            raise ValueError(f"task ref out of range: {text[:40]!r}")
+        return ref
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ class Limits:
         return self._id_re.fullmatch(value) is not None
 
 
+MAX_IDEMPOTENCY_KEY = 256  # characters of the Idempotency-Key header
+MAX_PAGE = 500  # jobs in one page of GET /v1/jobs
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 RESERVED_ENV_PREFIX = "MINITEMPORAL_"
 NODE_FIELDS = frozenset(

@@ -42,8 +42,11 @@ class MetricsResource:
         resp.data = generate_latest(self._registry)
 
 
-def create_ops_app(health: Health, registry: CollectorRegistry) -> falcon.asgi.App:
-    app = falcon.asgi.App()
+def create_ops_app(
+    health: Health, registry: CollectorRegistry, middleware: list[object] | None = None
+) -> falcon.asgi.App:
+    """`middleware`: the api's authentication, when /metrics needs a token."""
+    app = falcon.asgi.App(middleware=middleware or [])
     install_problem_handlers(app)
     app.add_route("/healthz", HealthResource(health))
     app.add_route("/metrics", MetricsResource(registry))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,12 +20,16 @@ from minitemporal.domain.model import (
     TaskRef,
     TaskResult,
 )
-from minitemporal.errors import Unavailable, decode_from_grpc
+from minitemporal.errors import CredentialsRejected, Unavailable, decode_from_grpc
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
 from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME
+
+log = logging.getLogger("minitemporal.rpc")
+_REFUSED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+REFUSAL_LOG_SECONDS = 60.0
 
 
 class SchedulerClient:
@@ -35,6 +40,7 @@ class SchedulerClient:
         metrics: GrpcMetrics,
         secret: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
         timeout: float = 10.0,
         wait_for_ready: bool = False,
     ) -> None:
@@ -48,6 +54,8 @@ class SchedulerClient:
             # Several schedulers behind one name (DNS, compose alias): spread calls over all.
             ("grpc.lb_policy_name", "round_robin"),
         ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         if credentials is not None:
             self._channel = grpc.aio.secure_channel(address, credentials, options=options)
         else:
@@ -59,6 +67,8 @@ class SchedulerClient:
         self._timeout = timeout
         self._wait = wait_for_ready
         self.address = address
+        self.refused: str | None = None  # why the scheduler refused our last call, if it did
+        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
 
     async def close(self) -> None:
         await self._channel.close()
@@ -67,7 +77,7 @@ class SchedulerClient:
         start = time.perf_counter()
         code = "OK"
         try:
-            return await getattr(self._stub, method)(
+            reply = await getattr(self._stub, method)(
                 request,
                 timeout=timeout or self._timeout,
                 metadata=self._metadata,
@@ -75,10 +85,29 @@ class SchedulerClient:
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
+            if exc.code() in _REFUSED_CODES:
+                raise self._refusal(exc.details() or code) from None
             raise decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
         finally:
             self._metrics.client_calls.labels(method, code).inc()
             self._metrics.client_seconds.labels(method).observe(time.perf_counter() - start)
+        self.refused = None
+        return reply
+
+    def _refusal(self, details: str) -> CredentialsRejected:
+        """The scheduler does not authorise users, only peers: a refusal means our own secret
+        (or certificate) is wrong. Say so loudly, once a minute, not on every call."""
+        message = (
+            f"the scheduler at {self.address} refused our credentials "
+            f"(MINITEMPORAL_GRPC_SECRET must be the same on every role): {details}"
+        )
+        now = time.monotonic()
+        if self.refused is None or now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            log.error(message)
+            self._refusal_logged_at = now
+        # Callers (REST clients, /healthz) learn that, not where the scheduler is.
+        self.refused = "the scheduler refused this process's credentials (see its log)"
+        return CredentialsRejected(self.refused)
 
     # --- jobs
     async def submit_job(
@@ -170,6 +199,8 @@ class SchedulerClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"scheduler at {self.address}: {exc.code().name}") from None
+        if self.refused is not None:
+            raise CredentialsRejected(self.refused)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise Unavailable(
                 f"scheduler at {self.address} is not serving (its store or queue is down)"

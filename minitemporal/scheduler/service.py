@@ -28,7 +28,7 @@ from minitemporal.domain.model import (
     TaskRef,
     TaskResult,
 )
-from minitemporal.domain.validation import Limits, parse_job
+from minitemporal.domain.validation import MAX_PAGE, Limits, parse_job
 from minitemporal.errors import InvalidInput, Problem, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.metrics import SchedulerMetrics
@@ -36,7 +36,6 @@ from minitemporal.queue.base import TaskQueue
 from minitemporal.store.base import Store
 
 log = logging.getLogger("minitemporal.scheduler")
-MAX_PAGE = 500
 
 
 class SchedulerService:

@@ -1,22 +1,36 @@
-"""What a command sees: a clean environment and a fresh private working directory.
+"""What a command sees: a clean environment, a fresh private working directory and, when the
+worker runs as root, an unprivileged user of its own.
 
 Only an allowlist of the worker's variables passes through; never its settings, URLs or
-secrets (every MINITEMPORAL_* variable of the worker is dropped).
+secrets (every MINITEMPORAL_* variable of the worker is dropped). The worker also makes itself
+non-dumpable, so that a command running as the worker's own user cannot read the worker's
+environment or memory through /proc; only a separate run-as user keeps commands out of the
+worker's files.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
+import grp
+import logging
 import os
+import pwd
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from minitemporal.domain.model import ClaimedTask
+from minitemporal.errors import ConfigurationError
 
+log = logging.getLogger("minitemporal.worker")
 PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "USER", "LOGNAME")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_PR_SET_DUMPABLE = 4
 
 
 def command_env(
@@ -74,12 +88,16 @@ class WorkdirPool:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
 
-    def take(self) -> str:
+    def take(self, owner: RunAs | None = None) -> str:
+        """A fresh directory; with `owner`, given to that user (who alone can then enter it)."""
         self._wake.set()
         try:
-            return self._ready.popleft()
+            path = self._ready.popleft()
         except IndexError:
-            return self._make()
+            path = self._make()
+        if owner is not None:
+            os.chown(path, owner.uid, owner.gid)
+        return path
 
     def discard(self, path: str) -> None:
         self._used.append(path)
@@ -93,3 +111,125 @@ class WorkdirPool:
         for queue in (self._ready, self._used):
             while queue:
                 shutil.rmtree(queue.popleft(), ignore_errors=True)
+
+
+def protect_worker_process() -> None:
+    """PR_SET_DUMPABLE=0: processes of our own user can no longer read /proc/<worker>/environ
+    or attach to us. Children are dumpable again after their exec; best effort off Linux."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """An unprivileged identity for commands."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def env(self, env: dict[str, str], workdir: str) -> dict[str, str]:
+        """The command's environment as this user: its name, and a home it can write."""
+        return {**env, "USER": self.name, "LOGNAME": self.name, "HOME": workdir}
+
+
+def parse_run_as(spec: str) -> list[RunAs]:
+    """`name`, `uid` or `uid:gid` (a group name works too), comma separated; never root."""
+    users = []
+    for item in (p.strip() for p in spec.split(",")):
+        if not item:
+            continue
+        user, _, group = item.partition(":")
+        try:
+            if user.isdigit():
+                uid = int(user)
+                try:
+                    entry = pwd.getpwuid(uid)
+                    name, gid = entry.pw_name, entry.pw_gid
+                except KeyError:
+                    name, gid = user, uid
+            else:
+                entry = pwd.getpwnam(user)
+                name, uid, gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+            if group:
+                gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigurationError(
+                f"MINITEMPORAL_RUN_AS_USER: no such user or group in {item!r}"
+            ) from None
+        if uid == 0 or gid == 0:
+            raise ConfigurationError("MINITEMPORAL_RUN_AS_USER must not be root (uid or gid 0)")
+        users.append(RunAs(name, uid, gid))
+    if not users:
+        raise ConfigurationError("MINITEMPORAL_RUN_AS_USER names no user")
+    if len({u.uid for u in users}) != len(users):
+        raise ConfigurationError("MINITEMPORAL_RUN_AS_USER lists a user twice")
+    return users
+
+
+class UserPool:
+    """Who runs the next command: one user shared by all commands, or (with at least as many
+    users as slots) a user of its own per running command, so that concurrent attempts cannot
+    read each other's files or processes, and whatever one leaves behind is killed before its
+    user runs another."""
+
+    def __init__(self, users: list[RunAs], slots: int) -> None:
+        if os.geteuid() != 0 and any(u.uid != os.geteuid() for u in users):
+            raise ConfigurationError(
+                "MINITEMPORAL_RUN_AS_USER needs a worker running as root (it switches users)"
+            )
+        if 1 < len(users) < slots:
+            raise ConfigurationError(
+                f"MINITEMPORAL_RUN_AS_USER lists {len(users)} users for {slots} slots: "
+                "give one user (shared) or at least one per slot"
+            )
+        self.exclusive = len(users) > 1
+        self._free = list(users)
+
+    def acquire(self) -> RunAs:
+        if not self.exclusive:
+            return self._free[0]
+        return self._free.pop(0)  # never empty: at most `slots` commands run at once
+
+    def release(self, user: RunAs) -> None:
+        if self.exclusive:
+            kill_processes_of(user.uid)
+            self._free.append(user)
+
+
+def kill_processes_of(uid: int) -> int:
+    """SIGKILL every process of `uid` (what a finished attempt left running, even outside its
+    process group). Looks pids up in /proc: never kill(-1), and never root or ourselves."""
+    if uid in (0, os.geteuid()):
+        raise ValueError(f"refusing to sweep the processes of uid {uid}")
+    killed = 0
+    for _ in range(3):  # a process may fork while we sweep
+        found = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            if uid not in _uids(entry):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                found += 1
+        killed += found
+        if not found:
+            break
+    if killed:
+        log.info("killed %d leftover process(es) of uid %d", killed, uid)
+    return killed
+
+
+def _uids(pid: str) -> set[int]:
+    """Real, effective, saved and filesystem uid of a process (from status: a process that
+    made itself non-dumpable shows root as the owner of its /proc directory)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return {int(v) for v in line.split()[1:]}
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return set()

@@ -1,18 +1,22 @@
 """Run one attempt's command: its own process group, bounded output, a timeout that kills.
 
 The command runs as `/bin/sh -c <command>` in a new session (so its process group id is its
-pid). Ending an attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which
-also takes background children and commands that trap SIGTERM. Output arrives through a
-subprocess protocol's callbacks straight into two fixed-size tails, so memory stays flat
-whatever the command prints, and an attempt costs no reader tasks: this is the worker's hot
-path, and it uses plain asyncio futures rather than task groups for that reason.
+pid), optionally as another user and under resource limits set by `prlimit` before the exec
+(no `preexec_fn`: it is unsafe in a process with threads, and grpc has threads). Ending an
+attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which also takes
+background children and commands that trap SIGTERM. Output arrives through a subprocess
+protocol's callbacks straight into two fixed-size tails, so memory stays flat whatever the
+command prints, and an attempt costs no reader tasks: this is the worker's hot path, and it
+uses plain asyncio futures rather than task groups for that reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +27,59 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from minitemporal.domain.model import Outcome, Output
+from minitemporal.errors import ConfigurationError
 
 SHELL = "/bin/sh"
+PRLIMIT = "prlimit"
 PIPES_GRACE = 1.0  # after the group is gone, how long to wait for its pipes to close
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceLimits:
+    """Per-process rlimits of a command (soft = hard, so it cannot raise them)."""
+
+    cpu_seconds: int | None = None
+    memory_bytes: int | None = None  # address space
+    open_files: int | None = None
+    processes: int | None = None  # per user: every command of a shared run-as user counts
+    tool: str = PRLIMIT  # the prlimit executable, resolved at start
+
+    @classmethod
+    def configured(
+        cls,
+        *,
+        cpu_seconds: int | None,
+        memory_bytes: int | None,
+        open_files: int | None,
+        processes: int | None,
+    ) -> ResourceLimits | None:
+        """The limits a worker applies, or None when none is set (the fast spawn path)."""
+        limits = cls(cpu_seconds, memory_bytes, open_files, processes)
+        if not limits.prlimit_args():
+            return None
+        tool = shutil.which(PRLIMIT)
+        if tool is None:
+            raise ConfigurationError(
+                "the MINITEMPORAL_LIMIT_* settings need the prlimit command (util-linux)"
+            )
+        return dataclasses.replace(limits, tool=tool)
+
+    def prlimit_args(self) -> list[str]:
+        pairs = (
+            ("--cpu", self.cpu_seconds),
+            ("--as", self.memory_bytes),
+            ("--nofile", self.open_files),
+            ("--nproc", self.processes),
+        )
+        return [f"{flag}={value}" for flag, value in pairs if value is not None]
+
+
+def command_argv(command: str, limits: ResourceLimits | None) -> list[str]:
+    """`/bin/sh -c <command>`, behind `prlimit` only when limits are set (one exec more)."""
+    shell = [SHELL, "-c", command]
+    if limits is None or not (args := limits.prlimit_args()):
+        return shell
+    return [limits.tool, *args, "--", *shell]
 
 
 class TailBuffer:
@@ -66,7 +120,9 @@ class RunSpec:
     timeout: float | None
     kill_grace: float
     tail_bytes: int
-    user: str | None = None
+    user: int | None = None
+    group: int | None = None
+    limits: ResourceLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +215,7 @@ class Execution:
         try:
             transport, capture = await loop.subprocess_exec(
                 lambda: _Capture(out, err, loop),
-                SHELL,
-                "-c",
-                self.spec.command,
+                *command_argv(self.spec.command, self.spec.limits),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -169,6 +223,8 @@ class Execution:
                 cwd=self.spec.cwd,
                 start_new_session=True,
                 user=self.spec.user,
+                group=self.spec.group,
+                extra_groups=[] if self.spec.user is not None else None,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             err.feed(f"minitemporal: could not start the command: {exc}\n".encode())

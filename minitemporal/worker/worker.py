@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +34,25 @@ from minitemporal.domain.model import (
     TaskRef,
     TaskResult,
 )
-from minitemporal.errors import MinitemporalError, Unauthenticated, Unavailable
+from minitemporal.errors import CredentialsRejected, MinitemporalError, Unavailable
 from minitemporal.observability.logging import task_fields
 from minitemporal.observability.metrics import WorkerMetrics
 from minitemporal.queue.base import TaskQueue
 from minitemporal.rpc.client import SchedulerClient
-from minitemporal.worker.environment import WorkdirPool, command_env
-from minitemporal.worker.process import Execution, RunResult, RunSpec, use_pidfd_child_watcher
+from minitemporal.worker.environment import (
+    RunAs,
+    UserPool,
+    WorkdirPool,
+    command_env,
+    protect_worker_process,
+)
+from minitemporal.worker.process import (
+    Execution,
+    ResourceLimits,
+    RunResult,
+    RunSpec,
+    use_pidfd_child_watcher,
+)
 
 log = logging.getLogger("minitemporal.worker")
 
@@ -54,7 +67,7 @@ class WorkerConfig:
     kill_grace_seconds: float
     output_tail_bytes: int
     work_dir: str | None = None
-    run_as_user: str | None = None
+    limits: ResourceLimits | None = None
     pop_timeout: float = 1.0
 
 
@@ -115,8 +128,10 @@ class Worker:
         queue: TaskQueue,
         metrics: WorkerMetrics,
         env_source: Callable[[ClaimedTask, str], dict[str, str]] = command_env,
+        users: UserPool | None = None,
     ) -> None:
         self.config = config
+        self._users = users
         self.client = client
         self.queue = queue
         self.metrics = metrics
@@ -143,6 +158,11 @@ class Worker:
         log.info(
             "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
         )
+        protect_worker_process()
+        if self._users is None and os.geteuid() == 0:
+            log.warning(
+                "commands run as root: set MINITEMPORAL_RUN_AS_USER to run them unprivileged"
+            )
         self._workdirs.start()
         try:
             async with anyio.create_task_group() as tg:
@@ -160,6 +180,7 @@ class Worker:
     # --- taking work
     async def _fetch(self, stopping: anyio.Event) -> None:
         failures = 0
+        accepted = False  # has the scheduler taken our credentials since the last refusal?
         while not stopping.is_set():
             await self._slots.wait(self.config.pop_timeout)
             permits = self._slots.take(self._slots.free)
@@ -167,22 +188,27 @@ class Worker:
                 continue
             tasks: list[ClaimedTask] = []
             try:
+                if not accepted or self.client.refused is not None:
+                    # Pop nothing we could not claim: a popped ref waits for the reconciler.
+                    await self.client.heartbeat(self.config.worker_id, [])
+                    accepted = True
                 refs = await self.queue.pop(permits, self.config.pop_timeout)
                 if refs:
                     tasks = await self.client.claim(self.config.worker_id, refs)
                     self.metrics.claims.labels("won").inc(len(tasks))
                     self.metrics.claims.labels("lost").inc(len(refs) - len(tasks))
                 failures = 0
+            except CredentialsRejected:  # the client logged what to fix
+                accepted = False
+                failures += 1
+                with anyio.move_on_after(min(0.5 * 2**failures, 10.0)):
+                    await stopping.wait()
+                continue
             except Unavailable as exc:
                 failures += 1
                 if failures == 1 or failures % 30 == 0:
                     log.warning("cannot take work: %s (retrying)", exc)
                 await anyio.sleep(min(0.1 * 2**failures, 5.0))
-            except Unauthenticated as exc:
-                log.error(
-                    "the scheduler refused our credentials (MINITEMPORAL_GRPC_SECRET): %s", exc
-                )
-                await anyio.sleep(5.0)
             except MinitemporalError as exc:
                 log.error("claim refused: %s", exc)
                 await anyio.sleep(1.0)
@@ -195,23 +221,27 @@ class Worker:
         """Run a claimed attempt; the caller has taken one slot permit for it."""
         if self._tg is None:  # pragma: no cover - only called while run() is running
             raise RuntimeError("the worker is not running")
-        workdir = self._workdirs.take()
+        user = self._users.acquire() if self._users is not None else None
+        workdir = self._workdirs.take(user)
+        env = self._env(task, workdir)
         spec = RunSpec(
             command=task.command,
-            env=self._env(task, workdir),
+            env=user.env(env, workdir) if user is not None else env,
             cwd=workdir,
             timeout=task.timeout_seconds,
             kill_grace=self.config.kill_grace_seconds,
             tail_bytes=self.config.output_tail_bytes,
-            user=self.config.run_as_user,
+            user=user.uid if user is not None else None,
+            group=user.gid if user is not None else None,
+            limits=self.config.limits,
         )
         held = _Held(task, Execution(spec))
         self._held[task.ref] = held
         self._running += 1
         self.metrics.slots_busy.set(self._running)
-        self._tg.start_soon(self._execute, held, workdir)
+        self._tg.start_soon(self._execute, held, workdir, user)
 
-    async def _execute(self, held: _Held, workdir: str) -> None:
+    async def _execute(self, held: _Held, workdir: str, user: RunAs | None = None) -> None:
         task = held.task
         fields = task_fields(task.job_id, task.node_id, task.ref.attempt, self.config.worker_id)
         log.debug("attempt starting", extra=fields)
@@ -227,6 +257,10 @@ class Worker:
                 Output(),
                 Output(f"minitemporal worker error: {exc}"),
             )
+        if user is not None and self._users is not None and self._users.exclusive:
+            # Before the slot frees: the next command may need this user back.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._users.release, user)
         self._running -= 1
         self.metrics.slots_busy.set(self._running)
         held.finished = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import anyio
 import pytest
 
 from minitemporal.domain.model import Outcome
-from minitemporal.worker.process import Execution, RunSpec
+from minitemporal.worker.process import Execution, ResourceLimits, RunSpec, command_argv
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +100,50 @@ async def test_unstartable_command(tmp_path: Path) -> None:
     res = await Execution(bad).run()
     assert res.outcome is Outcome.EXIT_CODE and res.exit_code == 127
     assert "could not start" in res.stderr.tail
+
+
+def limited(command: str, tmp_path: Path, **limits: int) -> RunSpec:
+    configured = ResourceLimits.configured(
+        cpu_seconds=limits.get("cpu_seconds"),
+        memory_bytes=limits.get("memory_bytes"),
+        open_files=limits.get("open_files"),
+        processes=limits.get("processes"),
+    )
+    return dataclasses.replace(spec(command, tmp_path, timeout=30), limits=configured)
+
+
+def test_without_limits_the_spawn_path_is_plain_sh() -> None:
+    assert command_argv("echo hi", None) == ["/bin/sh", "-c", "echo hi"]
+    no_limits = ResourceLimits.configured(
+        cpu_seconds=None, memory_bytes=None, open_files=None, processes=None
+    )
+    assert no_limits is None
+
+
+async def test_limits_apply_to_the_command_and_cannot_be_raised(tmp_path: Path) -> None:
+    res = await Execution(
+        limited(
+            "ulimit -t; ulimit -v; ulimit -n; ulimit -p; ulimit -n 4096 || echo refused",
+            tmp_path,
+            cpu_seconds=30,
+            memory_bytes=512 * 1024 * 1024,
+            open_files=64,
+            processes=4000,
+        )
+    ).run()
+    assert res.stdout.tail.split() == ["30", str(512 * 1024), "64", "4000", "refused"]
+
+
+async def test_cpu_and_memory_limits_stop_commands(tmp_path: Path) -> None:
+    start = time.monotonic()
+    spin = await Execution(limited("while :; do :; done", tmp_path, cpu_seconds=1)).run()
+    assert spin.outcome is Outcome.EXIT_CODE and spin.exit_code != 0
+    assert time.monotonic() - start < 10
+    hog = await Execution(
+        limited(
+            "python3 -c 'bytearray(1 << 30)' || echo refused",
+            tmp_path,
+            memory_bytes=256 * 1024 * 1024,
+        )
+    ).run()
+    assert "MemoryError" in hog.stderr.tail and hog.stdout.tail == "refused\n"

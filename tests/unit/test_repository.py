@@ -18,7 +18,7 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.fail("ruff is part of the test extra: pip install '.[test]'")
-    # benchmarks/ arrives with the benchmark suite; lint whichever of these exist.
+    # benchmarks/ arrives with the benchmark suite; lint what this checkout has.
     paths = [p for p in ("minitemporal", "tests", "benchmarks", "scripts") if (ROOT / p).is_dir()]
     result = subprocess.run(
         [ruff, "check", *paths],
