@@ -210,6 +210,7 @@ class SubmitResult:
     created: bool  # False when an Idempotency-Key matched an existing job
     queued: tuple[TaskRef, ...] = ()
     created_at: datetime | None = None
+    node_counts: dict[str, int] = field(default_factory=dict)  # by state, after submission
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,3 +279,6 @@ class StoreStats:
 class HeartbeatResult:
     cancel: tuple[TaskRef, ...] = ()  # attempts to kill: the job was cancelled
     lost: tuple[TaskRef, ...] = ()  # attempts no longer held by this worker: kill, do not report
+    # What giving back attempts the worker no longer lists caused (see Store.heartbeat).
+    queued: tuple[TaskRef, ...] = ()
+    finished_jobs: tuple[FinishedJob, ...] = ()

@@ -22,7 +22,6 @@ from minitemporal.domain.model import (
     JobSpec,
     JobStatus,
     JobView,
-    NodeState,
     Outcome,
     SweepResult,
     TaskRef,
@@ -88,7 +87,7 @@ class SchedulerService:
             created_at=result.created_at or datetime.now(UTC),
             finished_at=None,
             nodes_total=len(spec.nodes),
-            node_counts=_initial_counts(spec, len(result.queued)),
+            node_counts=result.node_counts,
         )
         return view, True
 
@@ -132,6 +131,8 @@ class SchedulerService:
         result = await self.store.heartbeat(worker_id, beats, self.lease_seconds)
         if result.lost:
             self.metrics.reports_rejected.labels("heartbeat").inc(len(result.lost))
+        await self.push(result.queued)
+        self.record_finished(result.finished_jobs)
         return result
 
     async def complete(
@@ -222,8 +223,3 @@ def _revalidate(spec: JobSpec, limits: Limits) -> JobSpec:
         ],
     }
     return parse_job(raw, limits)
-
-
-def _initial_counts(spec: JobSpec, queued: int) -> dict[str, int]:
-    counts = {NodeState.QUEUED.value: queued, NodeState.PENDING.value: len(spec.nodes) - queued}
-    return {k: v for k, v in counts.items() if v}

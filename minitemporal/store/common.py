@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import collections
 import json
 import random
 import uuid
@@ -120,18 +121,21 @@ class Tx(abc.ABC):
     # --- jobs
     @abc.abstractmethod
     async def insert_job(
-        self, job: uuid.UUID, name: str, nodes: int, key: str | None, digest: str | None
-    ) -> datetime | None:
-        """Insert a running job; its created_at, or None if the idempotency key is taken."""
+        self,
+        job: uuid.UUID,
+        name: str,
+        key: str | None,
+        digest: str | None,
+        nodes: list[Row],
+    ) -> tuple[datetime, list[Row]] | None:
+        """Insert a running job, its nodes (see `node_rows`) and their edges: nodes with
+        `queue` are queued as attempt 1, the others pending. The job's created_at and the
+        node rows (id, attempt, state, deps_pending), or None if the idempotency key is taken
+        (then nothing is inserted)."""
 
     @abc.abstractmethod
     async def job_by_idempotency_key(self, key: str) -> Row | None:
         """id, request_digest."""
-
-    @abc.abstractmethod
-    async def insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
-        """Insert the nodes (see `node_rows`) and their edges. Nodes with `queue` are queued
-        as attempt 1; the others pending. Rows: id, attempt, state, deps_pending."""
 
     @abc.abstractmethod
     async def get_job(self, job: JobKey) -> Row | None:
@@ -329,10 +333,8 @@ class SqlStore(Store):
 
         async def body(tx: Tx) -> SubmitResult:
             digest = request_digest if idempotency_key else None
-            created_at = await tx.insert_job(
-                job_id, spec.name, len(spec.nodes), idempotency_key, digest
-            )
-            if created_at is None:  # the idempotency key is taken
+            done = await tx.insert_job(job_id, spec.name, idempotency_key, digest, nodes)
+            if done is None:  # the idempotency key is taken
                 existing = await tx.job_by_idempotency_key(idempotency_key or "")
                 if existing is None:  # pragma: no cover - the conflicting row is committed
                     raise Unavailable("idempotency key race, retry")
@@ -342,24 +344,31 @@ class SqlStore(Store):
                         [Problem("/", f"job {existing['id']} was submitted with this key")],
                     )
                 return SubmitResult(str(existing["id"]), created=False)
-            inserted = await tx.insert_nodes(job_id, nodes)
+            created_at, inserted = done
             changes = Changes(self, tx)
             changes.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
             )
-            await changes.admit_keyed(
-                sorted(
-                    r["id"] for r in inserted if r["state"] == "pending" and r["deps_pending"] == 0
-                )
+            keyed = sorted(
+                r["id"] for r in inserted if r["state"] == "pending" and r["deps_pending"] == 0
             )
+            await changes.admit_keyed(keyed)
+            if keyed:  # cached roots may have unblocked more: count what really happened
+                counts = {r["state"]: r["n"] for r in await tx.node_counts([job_id])}
+            else:
+                counts = collections.Counter(r["state"] for r in inserted)
             return SubmitResult(
                 str(job_id),
                 created=True,
                 queued=tuple(sorted(changes.queued)),
                 created_at=created_at,
+                node_counts=dict(sorted(counts.items())),
             )
 
-        return await self._write(body)
+        # Without keyed roots (their admission takes more statements) a submission is one
+        # statement in PostgreSQL: job, nodes and edges. A key conflict inserts nothing.
+        single = not any(n["idempotency_key"] and not n["depends_on"] for n in nodes)
+        return await self._write(body, single=single)
 
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         key = job_uuid(job_id)
@@ -448,7 +457,12 @@ class SqlStore(Store):
             held = {TaskRef(r["id"], r["attempt"]): r["cancel"] for r in rows}
             cancel = tuple(ref for ref, c in held.items() if c)
             lost = tuple(b.ref for b in beats if b.ref not in held)
-            return HeartbeatResult(cancel=cancel, lost=lost)
+            return HeartbeatResult(
+                cancel=cancel,
+                lost=lost,
+                queued=tuple(changes.queued),
+                finished_jobs=tuple(changes.finished),
+            )
 
         return await self._write(body)
 
@@ -789,7 +803,7 @@ def job_view(row: Row, counts: dict[str, int], nodes: tuple[NodeView, ...]) -> J
 
 # --- parameters
 def node_rows(spec: JobSpec) -> list[Row]:
-    """The nodes of a submission as `Tx.insert_nodes` takes them. Roots without an
+    """The nodes of a submission as `Tx.insert_job` takes them. Roots without an
     idempotency key are queued at once; keyed roots wait for admission by key."""
     return [
         {

@@ -753,3 +753,38 @@ async def test_workers_alive_counts_recent_heartbeats(store: Store) -> None:
     await asyncio.sleep(0.2)
     await store.heartbeat("w2", [], 30)
     assert (await store.stats(worker_window_seconds=0.1)).workers_alive == 1
+
+
+async def test_submission_counts_what_really_happened(store: Store) -> None:
+    plain = await store.submit_job(
+        spec(NodeSpec("a", "true"), NodeSpec("b", "true", depends_on=("a",)))
+    )
+    assert plain.node_counts == {"pending": 1, "queued": 1}
+    first = await store.submit_job(spec(NodeSpec("k", "true", idempotency_key="counted")))
+    [k] = await store.claim("w", first.queued, 30)
+    await store.complete("w", [result(k.ref)])
+    again = await store.submit_job(
+        spec(
+            NodeSpec("k", "true", idempotency_key="counted"),
+            NodeSpec("after", "true", depends_on=("k",)),
+        )
+    )
+    assert again.node_counts == {"queued": 1, "succeeded": 1}, "the cached root unblocked after"
+
+
+async def test_a_heartbeat_give_back_reports_what_it_caused(store: Store) -> None:
+    holder = await store.submit_job(spec(NodeSpec("h", "true", idempotency_key="gb")))
+    waiter = await store.submit_job(spec(NodeSpec("w", "true", idempotency_key="gb")))
+    assert waiter.queued == (), "w waits for its twin h"
+    await store.claim("w1", holder.queued, 1.5)  # grace: max(0.5, 1.5/3) = 0.5 s
+    cancelling = await store.cancel_job(holder.job_id)
+    assert cancelling.job.status.value == "running", "h still runs: it is killed via heartbeat"
+    await asyncio.sleep(0.6)
+    # w1 lost the claim reply and lists nothing: h is given back, and since its job was
+    # cancelled it ends cancelled, which finishes that job and lets its twin w run.
+    beat = await store.heartbeat("w1", [], 1.5)
+    assert [(f.job_id, f.status.value) for f in beat.finished_jobs] == [
+        (holder.job_id, "cancelled")
+    ]
+    [w] = await store.claim("w2", beat.queued, 30)
+    assert w.job_id == waiter.job_id and w.node_id == "w"

@@ -3,40 +3,45 @@
 -- (id, attempt, state): the attempt number is the fencing token.
 
 -- name: insert_job
-INSERT INTO jobs (id, name, nodes_total, nodes_unfinished, idempotency_key, request_digest)
-VALUES (%(id)s, %(name)s, %(n)s, %(n)s, %(idempotency_key)s, %(digest)s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id, created_at;
+-- A submission in one statement: the job, its nodes (roots queued as attempt 1, roots with an
+-- idempotency key left pending for admission by key) and its edges, joined against the rows
+-- just inserted (not the table: a join on `nodes` would run on a generic plan that goes
+-- quadratic on a large job). A taken idempotency key inserts nothing and returns no row.
+WITH job AS (
+    INSERT INTO jobs (id, name, nodes_total, nodes_unfinished, idempotency_key, request_digest)
+    VALUES (%(id)s, %(name)s, %(n)s, %(n)s, %(idempotency_key)s, %(digest)s)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, created_at
+), inserted AS (
+    INSERT INTO nodes (job_id, node_id, position, name, command, retries, timeout_seconds,
+                       idempotency_key, depends_on, env, backoff_base, backoff_factor,
+                       backoff_max, deps_pending, state, attempt, enqueued_at)
+    SELECT job.id, n.id, n.position, n.name, n.command, n.retries, n.timeout_seconds,
+           n.idempotency_key, ARRAY(SELECT jsonb_array_elements_text(n.depends_on)), n.env,
+           n.backoff_base, n.backoff_factor, n.backoff_max,
+           jsonb_array_length(n.depends_on),
+           CASE WHEN n.queue THEN 'queued' ELSE 'pending' END,
+           CASE WHEN n.queue THEN 1 ELSE 0 END,
+           CASE WHEN n.queue THEN clock_timestamp() END
+    FROM job, jsonb_to_recordset(%(nodes)s::jsonb) AS n(
+        id text, position integer, name text, command text, retries integer,
+        timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
+        backoff_base double precision, backoff_factor double precision,
+        backoff_max double precision, queue boolean)
+    RETURNING id, node_id, attempt, state, deps_pending, idempotency_key
+), edges AS (
+    INSERT INTO node_edges (parent_id, child_id)
+    SELECT p.id, c.id
+    FROM unnest(%(parents)s::text[], %(children)s::text[]) AS e(parent, child)
+    JOIN inserted p ON p.node_id = e.parent
+    JOIN inserted c ON c.node_id = e.child
+)
+SELECT i.id, i.node_id, i.attempt, i.state, i.deps_pending, i.idempotency_key,
+       (SELECT created_at FROM job) AS created_at
+FROM inserted i;
 
 -- name: job_by_idempotency_key
 SELECT id, request_digest FROM jobs WHERE idempotency_key = %(key)s;
-
--- name: insert_nodes
--- Roots are queued (attempt 1) in the same statement that creates them; roots with an
--- idempotency key stay pending (deps_pending = 0) for admission by key.
-INSERT INTO nodes (job_id, node_id, position, name, command, retries, timeout_seconds,
-                   idempotency_key, depends_on, env, backoff_base, backoff_factor, backoff_max,
-                   deps_pending, state, attempt, enqueued_at)
-SELECT %(job)s, n.id, n.position, n.name, n.command, n.retries, n.timeout_seconds,
-       n.idempotency_key, ARRAY(SELECT jsonb_array_elements_text(n.depends_on)), n.env,
-       n.backoff_base, n.backoff_factor, n.backoff_max,
-       jsonb_array_length(n.depends_on),
-       CASE WHEN n.queue THEN 'queued' ELSE 'pending' END,
-       CASE WHEN n.queue THEN 1 ELSE 0 END,
-       CASE WHEN n.queue THEN clock_timestamp() END
-FROM jsonb_to_recordset(%(nodes)s::jsonb) AS n(
-    id text, position integer, name text, command text, retries integer,
-    timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
-    backoff_base double precision, backoff_factor double precision,
-    backoff_max double precision, queue boolean)
-RETURNING id, node_id, attempt, state, deps_pending, idempotency_key;
-
--- name: insert_edges
--- Ids mapped in Python from insert_nodes' RETURNING: a self-join of nodes here would run on
--- a generic plan (psycopg prepares repeated statements) built when the table was small, and
--- go quadratic on a large job.
-INSERT INTO node_edges (parent_id, child_id)
-SELECT * FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]);
 
 -- name: claim
 -- queued -> running for every requested attempt that is still current; one attempt row each.

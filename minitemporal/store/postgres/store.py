@@ -181,27 +181,33 @@ class _PgTx(Tx):
 
     # --- jobs
     async def insert_job(
-        self, job: uuid.UUID, name: str, nodes: int, key: str | None, digest: str | None
-    ) -> datetime | None:
-        row = await self._one(
+        self,
+        job: uuid.UUID,
+        name: str,
+        key: str | None,
+        digest: str | None,
+        nodes: list[Row],
+    ) -> tuple[datetime, list[Row]] | None:
+        edges = [(dep, n["id"]) for n in nodes for dep in n["depends_on"]]
+        rows = await self._all(
             "insert_job",
-            {"id": job, "name": name, "n": nodes, "idempotency_key": key, "digest": digest},
+            {
+                "id": job,
+                "name": name,
+                "n": len(nodes),
+                "idempotency_key": key,
+                "digest": digest,
+                "nodes": Jsonb(nodes),
+                "parents": [p for p, _ in edges],
+                "children": [c for _, c in edges],
+            },
         )
-        return row["created_at"] if row is not None else None
+        if not rows:  # the key was taken: nothing inserted (a job has at least one node)
+            return None
+        return rows[0]["created_at"], rows
 
     async def job_by_idempotency_key(self, key: str) -> Row | None:
         return await self._one("job_by_idempotency_key", {"key": key})
-
-    async def insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
-        inserted = await self._all("insert_nodes", {"job": job, "nodes": Jsonb(nodes)})
-        key_of = {r["node_id"]: r["id"] for r in inserted}
-        edges = [(key_of[d], key_of[n["id"]]) for n in nodes for d in n["depends_on"]]
-        if edges:
-            await self._conn.execute(
-                self._q["insert_edges"],
-                {"parents": [p for p, _ in edges], "children": [c for _, c in edges]},
-            )
-        return inserted
 
     async def get_job(self, job: JobKey) -> Row | None:
         return await self._one("get_job", {"job": job})

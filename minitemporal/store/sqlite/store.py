@@ -497,18 +497,25 @@ class _SqliteTx(Tx):
 
     # --- jobs
     async def insert_job(
-        self, job: uuid.UUID, name: str, nodes: int, key: str | None, digest: str | None
-    ) -> datetime | None:
+        self,
+        job: uuid.UUID,
+        name: str,
+        key: str | None,
+        digest: str | None,
+        nodes: list[Row],
+    ) -> tuple[datetime, list[Row]] | None:
         row = self._one(
             "insert_job",
-            {"id": job, "name": name, "n": nodes, "idempotency_key": key, "digest": digest},
+            {"id": job, "name": name, "n": len(nodes), "idempotency_key": key, "digest": digest},
         )
-        return row["created_at"] if row is not None else None
+        if row is None:
+            return None
+        return row["created_at"], self._insert_nodes(job, nodes)
 
     async def job_by_idempotency_key(self, key: str) -> Row | None:
         return self._one("job_by_idempotency_key", {"key": key})
 
-    async def insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
+    def _insert_nodes(self, job: uuid.UUID, nodes: list[Row]) -> list[Row]:
         now = now_us()
         inserted: list[Row] = []
         ids: dict[str, int] = {}
