@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     # --- worker
     worker_slots: int = Field(4, ge=1, le=1024, description="Commands one worker runs at once.")
     worker_id: str | None = Field(None, description="Name of this worker. Unset: hostname-pid.")
+    worker_prefetch: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Attempts a worker claims ahead of free slots, while its attempts run "
+        "under 0.5 s; released if not started within 1 s. Unset: as many as its slots.",
+    )
     work_dir: str | None = Field(
         None, description="Parent of each attempt's fresh working directory. Unset: the temp dir."
     )

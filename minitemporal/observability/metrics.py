@@ -118,6 +118,11 @@ class WorkerMetrics:
             P + "worker_slots", "Commands this worker may run at once.", registry=r
         )
         self.slots_busy = Gauge(P + "worker_slots_busy", "Commands running now.", registry=r)
+        self.prefetched = Gauge(
+            P + "worker_prefetched",
+            "Claimed attempts waiting for a free slot (prefetch).",
+            registry=r,
+        )
         self.spawn_seconds = Histogram(
             P + "worker_spawn_seconds",
             "Time to spawn a command's process.",

@@ -191,6 +191,13 @@ class SchedulerClient:
         )
         return list(reply.accepted), [convert.task_from_pb(t) for t in reply.tasks]
 
+    async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
+        reply = await self._call(
+            "ReleaseTasks",
+            pb.ReleaseTasksRequest(worker_id=worker_id, tasks=[convert.ref_to_pb(r) for r in refs]),
+        )
+        return [convert.ref_from_pb(r) for r in reply.released]
+
     async def check_health(self, timeout: float = 0.8) -> None:
         """Raise `Unavailable` unless the scheduler says it is serving."""
         try:

@@ -139,6 +139,16 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
         return await self._run("CompleteTasks", context, body)
 
+    async def ReleaseTasks(
+        self, request: pb.ReleaseTasksRequest, context: Any
+    ) -> pb.ReleaseTasksResponse:
+        async def body() -> pb.ReleaseTasksResponse:
+            refs = [convert.ref_from_pb(r) for r in request.tasks]
+            released = await self._s.release(request.worker_id, refs)
+            return pb.ReleaseTasksResponse(released=[convert.ref_to_pb(r) for r in released])
+
+        return await self._run("ReleaseTasks", context, body)
+
 
 class SecretInterceptor(grpc.aio.ServerInterceptor):
     """Refuse every call (but health checks) that lacks `authorization: Bearer <secret>`."""

@@ -127,6 +127,15 @@ class SchedulerService:
             self.metrics.claims_rejected.inc(len(refs) - len(claimed))
         return claimed
 
+    async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
+        """Queue again attempts a worker claimed ahead and did not start; they keep their
+        place at the front of the queue (they were first in line when popped)."""
+        released = await self.store.release(worker_id, refs)
+        if released:
+            with contextlib.suppress(Unavailable):  # the reconciler pushes them otherwise
+                await self.queue.push([(r, 0.0) for r in released])
+        return released
+
     async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
         result = await self.store.heartbeat(worker_id, beats, self.lease_seconds)
         if result.lost:

@@ -89,6 +89,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
+        """running -> queued, same attempt, as if never claimed: attempts this worker holds
+        but never started (it prefetched them, then did not need them). Returns those
+        released, to push to the queue again; an attempt that started is left alone."""
+
+    @abc.abstractmethod
     async def heartbeat(
         self, worker_id: str, beats: Sequence[Beat], lease_seconds: float
     ) -> HeartbeatResult:

@@ -191,6 +191,11 @@ class Tx(abc.ABC):
         attempt, job_id, node_id, command, timeout_seconds, env, has_dependents."""
 
     @abc.abstractmethod
+    async def release(self, worker: str, refs: Sequence[TaskRef]) -> list[Row]:
+        """Held, never-started attempts back to queued (same attempt), their attempt rows
+        deleted. Rows: id, attempt."""
+
+    @abc.abstractmethod
     async def heartbeat(self, worker: str, beats: Sequence[Beat], lease: float) -> list[Row]:
         """Extend the leases the worker holds, record start times, note the worker as seen.
         Rows, one per lease still held: id, attempt, cancel."""
@@ -439,6 +444,15 @@ class SqlStore(Store):
 
         async def body(tx: Tx) -> list[ClaimedTask]:
             return await _claim(tx, worker_id, refs, lease_seconds)
+
+        return await self._write(body, single=True)  # one statement in PostgreSQL
+
+    async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
+        if not refs:
+            return []
+
+        async def body(tx: Tx) -> list[TaskRef]:
+            return sorted(TaskRef(r["id"], r["attempt"]) for r in await tx.release(worker_id, refs))
 
         return await self._write(body, single=True)  # one statement in PostgreSQL
 

@@ -12,10 +12,17 @@
 - If no heartbeat gets through for a whole lease, the scheduler will have given our attempts
   to others: we kill our own children rather than run them twice.
 - Results are reported in batches: whatever finished while the previous report was in flight.
+- Prefetch: beyond its slots a worker may hold `prefetch` claimed attempts that have not
+  started; one launches the moment a slot frees, while the report refills in the background.
+  As Celery users know, prefetching starves other workers when tasks are long, so it pauses
+  while recent attempts run longer than PREFETCH_MAX_RUN, and an attempt left waiting over
+  PREFETCH_WAIT is released: queued again, same attempt, as if never claimed.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import time
@@ -55,6 +62,9 @@ from minitemporal.worker.process import (
 )
 
 log = logging.getLogger("minitemporal.worker")
+PREFETCH_MAX_RUN = 0.5  # prefetch only while attempts run shorter than this (moving average)
+PREFETCH_WAIT = 1.0  # a prefetched attempt not started after this long is released
+REPORTS_IN_FLIGHT = 1  # concurrent result reports: more cost CPU in small batches, for no gain here
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,7 @@ class WorkerConfig:
     work_dir: str | None = None
     limits: ResourceLimits | None = None
     pop_timeout: float = 1.0
+    prefetch: int = 0
 
 
 class _Slots:
@@ -102,9 +113,14 @@ class _Held:
     """An attempt this worker holds, from claim until its result is acknowledged."""
 
     task: ClaimedTask
-    execution: Execution
+    execution: Execution | None = None  # None while it waits for a slot (prefetched)
     report: bool = True  # False once the scheduler said the attempt is no longer ours
     finished: bool = False
+    waiting_since: float = 0.0
+
+    @property
+    def started_at(self) -> datetime | None:
+        return self.execution.started_at if self.execution is not None else None
 
 
 @dataclass(slots=True)
@@ -137,13 +153,16 @@ class Worker:
         self.metrics = metrics
         self._env = env_source
         self._held: dict[TaskRef, _Held] = {}
-        self._slots = _Slots(config.slots)
+        self._slots = _Slots(config.slots + config.prefetch)
         self._running = 0
+        self._waiting: collections.deque[_Held] = collections.deque()  # prefetched
+        self._run_average = 0.0  # seconds, a moving average of recent attempts' run times
         self._changed = anyio.Event()  # set whenever attempts end or results are acknowledged
         self._reports = _Reports()
         self._workdirs = WorkdirPool(config.work_dir, size=config.slots)
         self._stopping = anyio.Event()
         self._last_heartbeat_ok = time.monotonic()
+        self._report_failures = 0
         self._tg: TaskGroup | None = None
         metrics.slots_total.set(config.slots)
 
@@ -169,6 +188,8 @@ class Worker:
                 self._tg = tg
                 tg.start_soon(self._heartbeats)
                 tg.start_soon(self._reporter)
+                if self.config.prefetch:
+                    tg.start_soon(self._release_stale)
                 await self._fetch(stopping)
                 await self._drain()
                 await self._flush_reports(timeout=10.0)
@@ -183,8 +204,10 @@ class Worker:
         accepted = False  # has the scheduler taken our credentials since the last refusal?
         while not stopping.is_set():
             await self._slots.wait(self.config.pop_timeout)
-            permits = self._slots.take(self._slots.free)
+            permits = self._slots.take(self._room())
             if not permits:
+                if self._slots.free:  # free permits are prefetch while prefetching pauses
+                    await anyio.sleep(min(self.config.pop_timeout, PREFETCH_WAIT / 4))
                 continue
             tasks: list[ClaimedTask] = []
             try:
@@ -217,10 +240,41 @@ class Worker:
             for task in tasks:
                 self._start(task)
 
+    def _prefetching(self) -> bool:
+        return self.config.prefetch > 0 and self._run_average < PREFETCH_MAX_RUN
+
+    def _room(self) -> int:
+        """Permits the fetcher may take now: every free one, but beyond the slots only while
+        prefetching is on."""
+        if self._prefetching():
+            return self._slots.free
+        in_use = self._slots.total - self._slots.free
+        return max(0, min(self._slots.free, self.config.slots - in_use))
+
     def _start(self, task: ClaimedTask) -> None:
-        """Run a claimed attempt; the caller has taken one slot permit for it."""
+        """Take a claimed attempt (the caller took one permit for it): run it if a slot is
+        free, else keep it waiting (prefetched)."""
+        if self._running < self.config.slots:
+            self._launch(_Held(task))
+            return
+        held = _Held(task, waiting_since=time.monotonic())
+        self._held[task.ref] = held
+        self._waiting.append(held)
+        self.metrics.prefetched.set(len(self._waiting))
+
+    def _launch_waiting(self) -> None:
+        if self._stopping.is_set():  # draining: prefetched attempts go back, they do not start
+            return
+        while self._waiting and self._running < self.config.slots:
+            held = self._waiting.popleft()
+            self.metrics.prefetched.set(len(self._waiting))
+            if held.report:
+                self._launch(held)
+
+    def _launch(self, held: _Held) -> None:
         if self._tg is None:  # pragma: no cover - only called while run() is running
             raise RuntimeError("the worker is not running")
+        task = held.task
         user = self._users.acquire() if self._users is not None else None
         workdir = self._workdirs.take(user)
         env = self._env(task, workdir)
@@ -235,7 +289,7 @@ class Worker:
             group=user.gid if user is not None else None,
             limits=self.config.limits,
         )
-        held = _Held(task, Execution(spec))
+        held.execution = Execution(spec)
         self._held[task.ref] = held
         self._running += 1
         self.metrics.slots_busy.set(self._running)
@@ -245,14 +299,17 @@ class Worker:
         task = held.task
         fields = task_fields(task.job_id, task.node_id, task.ref.attempt, self.config.worker_id)
         log.debug("attempt starting", extra=fields)
+        execution = held.execution
+        if execution is None:  # pragma: no cover - _launch sets it before starting this
+            raise RuntimeError("no execution")
         try:
-            result = await held.execution.run()
+            result = await execution.run()
         except Exception as exc:  # a bug here must not take the other attempts down
             log.exception("attempt crashed inside the worker", extra=fields)
             result = RunResult(
                 Outcome.LOST,
                 None,
-                held.execution.started_at,
+                execution.started_at,
                 datetime.now(UTC),
                 Output(),
                 Output(f"minitemporal worker error: {exc}"),
@@ -263,7 +320,11 @@ class Worker:
                 await anyio.to_thread.run_sync(self._users.release, user)
         self._running -= 1
         self.metrics.slots_busy.set(self._running)
+        self._launch_waiting()
         held.finished = True
+        if result.started_at is not None:
+            ran = (result.finished_at - result.started_at).total_seconds()
+            self._run_average += 0.2 * (ran - self._run_average)
         # The slot travels with the report, to be refilled in the same call.
         keep = held.report and not self._stopping.is_set()
         if not keep:
@@ -299,51 +360,70 @@ class Worker:
         self._reports.wake.set()
 
     async def _reporter(self) -> None:
-        failures = 0
+        """Send what finished, a few reports in flight at once: attempts finish faster than
+        one report's round trip, and a slot waits for its report to be refilled."""
+        in_flight = anyio.Semaphore(REPORTS_IN_FLIGHT)
         while True:
             if not self._reports.pending:
                 self._reports.wake = anyio.Event()
                 await self._reports.wake.wait()
+            await in_flight.acquire()
             batch, self._reports.pending = self._reports.pending, []
-            want = sum(r.permit for r in batch)
-            if self._stopping.is_set():  # draining: take nothing new
-                self._slots.give(want)
-                want = 0
-            results = [r.result for r in batch]
-            popped = await self._pop_now(want)
-            try:
-                accepted, tasks = await self.client.complete(
-                    self.config.worker_id, results, want=want, claim=popped
-                )
-                failures = 0
-                if popped:
-                    won = len({t.ref for t in tasks} & set(popped))
-                    self.metrics.claims.labels("won").inc(won)
-                    self.metrics.claims.labels("lost").inc(len(popped) - won)
-            except Unavailable as exc:
-                # Free the slots now (the scheduler may be down a while); report again later.
-                self._slots.give(want)
-                self._reports.pending[:0] = [_Report(r, permit=False) for r in results]
-                failures += 1
-                if failures == 1 or failures % 30 == 0:
-                    log.warning("cannot report %d result(s): %s (retrying)", len(batch), exc)
-                await anyio.sleep(min(0.1 * 2**failures, 5.0))
+            if not batch:
+                in_flight.release()
                 continue
-            except MinitemporalError as exc:
-                log.error("results refused, dropping them: %s", exc)
-                self._slots.give(want)
-                accepted, tasks = [False] * len(batch), []
-            for task in tasks[:want]:
-                self._start(task)
-            self._slots.give(want - min(want, len(tasks)))
-            self._changed.set()
-            for result, ok in zip(results, accepted, strict=False):
-                self._held.pop(result.ref, None)
-                if not ok:
-                    log.warning(
-                        "result rejected: the attempt is no longer current",
-                        extra={"attempt": result.ref.attempt, "ref": result.ref.encode()},
-                    )
+            if self._tg is None:  # pragma: no cover - the reporter runs inside run()
+                raise RuntimeError("the worker is not running")
+            self._tg.start_soon(self._report, batch, in_flight)
+
+    async def _report(self, batch: list[_Report], in_flight: anyio.Semaphore) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            in_flight.release()
+
+    async def _send(self, batch: list[_Report]) -> None:
+        want = sum(r.permit for r in batch)
+        if self._stopping.is_set():  # draining: take nothing new
+            self._slots.give(want)
+            want = 0
+        results = [r.result for r in batch]
+        popped = await self._pop_now(want)
+        try:
+            accepted, tasks = await self.client.complete(
+                self.config.worker_id, results, want=want, claim=popped
+            )
+            self._report_failures = 0
+            if popped:
+                won = len({t.ref for t in tasks} & set(popped))
+                self.metrics.claims.labels("won").inc(won)
+                self.metrics.claims.labels("lost").inc(len(popped) - won)
+        except Unavailable as exc:
+            # Free the slots now (the scheduler may be down a while); report again later.
+            self._slots.give(want)
+            self._report_failures += 1
+            failures = self._report_failures
+            if failures == 1 or failures % 30 == 0:
+                log.warning("cannot report %d result(s): %s (retrying)", len(batch), exc)
+            await anyio.sleep(min(0.1 * 2**failures, 5.0))
+            self._reports.pending[:0] = [_Report(r, permit=False) for r in results]
+            self._reports.wake.set()
+            return
+        except MinitemporalError as exc:
+            log.error("results refused, dropping them: %s", exc)
+            self._slots.give(want)
+            accepted, tasks = [False] * len(batch), []
+        for task in tasks[:want]:
+            self._start(task)
+        self._slots.give(want - min(want, len(tasks)))
+        self._changed.set()
+        for result, ok in zip(results, accepted, strict=False):
+            self._held.pop(result.ref, None)
+            if not ok:
+                log.warning(
+                    "result rejected: the attempt is no longer current",
+                    extra={"attempt": result.ref.attempt, "ref": result.ref.encode()},
+                )
 
     async def _pop_now(self, wanted: int) -> list[TaskRef]:
         """Refs already waiting in the queue, without waiting for more (0 when there are none,
@@ -377,7 +457,7 @@ class Worker:
 
     async def heartbeat_once(self) -> None:
         held = list(self._held.items())
-        beats = [Beat(ref, h.execution.started_at) for ref, h in held if h.report]
+        beats = [Beat(ref, h.started_at) for ref, h in held if h.report]
         # A deadline well inside the lease: a heartbeat that hangs must not hide a lost lease.
         timeout = max(0.2, min(self.config.lease_seconds / 3, 10.0))
         try:
@@ -393,25 +473,74 @@ class Worker:
         for ref in reply.cancel:
             if (h := self._held.get(ref)) is not None:
                 log.info("cancelling attempt: its job was cancelled", extra=self._fields(h))
-                h.execution.stop(Outcome.CANCELLED)
+                self._stop(h, Outcome.CANCELLED)
         for ref in reply.lost:
             if (h := self._held.get(ref)) is not None:
                 log.warning("attempt no longer ours: stopping it", extra=self._fields(h))
                 h.report = False
-                h.execution.stop(Outcome.LOST)
+                self._stop(h, Outcome.LOST)
                 if h.finished:
                     self._held.pop(ref, None)
 
+    def _stop(self, h: _Held, outcome: Outcome) -> None:
+        """Stop a running attempt, or end a waiting one without running it."""
+        if h.execution is not None:
+            h.execution.stop(outcome)
+            return
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(h)
+        self.metrics.prefetched.set(len(self._waiting))
+        h.finished = True
+        if h.report:  # cancelled before it ran: report that, with its permit
+            now = datetime.now(UTC)
+            self._queue_report(
+                h.task.ref,
+                RunResult(outcome, None, None, now, Output(), Output()),
+                permit=not self._stopping.is_set(),
+            )
+            if self._stopping.is_set():
+                self._slots.give(1)
+        else:
+            self._held.pop(h.task.ref, None)
+            self._slots.give(1)
+
     def _lease_lost_everything(self) -> None:
         """No heartbeat for a whole lease: our attempts may already run elsewhere."""
-        for h in self._held.values():
+        for h in list(self._held.values()):
             if not h.finished:
                 log.error("lease lost: killing attempt", extra=self._fields(h))
                 h.report = False
-                h.execution.stop(Outcome.LOST)
+                self._stop(h, Outcome.LOST)
 
     # --- shutdown
+    async def _release_stale(self) -> None:
+        """Release prefetched attempts that waited too long: other workers may be idle."""
+        while True:
+            await anyio.sleep(PREFETCH_WAIT / 4)
+            now = time.monotonic()
+            stale = [h for h in self._waiting if now - h.waiting_since > PREFETCH_WAIT]
+            if stale:
+                await self._release(stale)
+
+    async def _release(self, waiting: list[_Held]) -> None:
+        for h in waiting:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(h)
+        self.metrics.prefetched.set(len(self._waiting))
+        try:
+            await self.client.release(self.config.worker_id, [h.task.ref for h in waiting])
+        except MinitemporalError as exc:
+            log.warning("cannot release %d prefetched attempt(s): %s", len(waiting), exc)
+            self._waiting.extendleft(reversed(waiting))  # still ours: run them after all
+            self.metrics.prefetched.set(len(self._waiting))
+            return
+        for h in waiting:
+            self._held.pop(h.task.ref, None)
+        self._slots.give(len(waiting))
+
     async def _drain(self) -> None:
+        if self._waiting:  # prefetched, never started: back to the queue for other workers
+            await self._release(list(self._waiting))
         if self._running:
             log.info(
                 "draining: waiting up to %gs for %d attempt(s)",
@@ -420,10 +549,10 @@ class Worker:
             )
         with anyio.move_on_after(self.config.drain_seconds):
             await self._wait_until(lambda: self._running == 0)
-        for h in self._held.values():
+        for h in list(self._held.values()):
             if not h.finished:
                 log.warning("drain timeout: giving the attempt back", extra=self._fields(h))
-                h.execution.stop(Outcome.INTERRUPTED)
+                self._stop(h, Outcome.INTERRUPTED)
         await self._wait_until(lambda: self._running == 0)
 
     def _fields(self, h: _Held) -> dict[str, object]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.faults.test_retries_and_timeouts import pid_alive
 from tests.support.api import node, nodes_by_id
 from tests.support.procs import Cluster
@@ -133,7 +135,11 @@ def test_cancel_kills_running_and_cancels_waiting(
 
 
 def test_explanations_for_every_waiting_node(fast_cluster: Cluster) -> None:
-    top = start_split(fast_cluster, workers=1, worker_env={"MINITEMPORAL_WORKER_SLOTS": "1"})
+    top = start_split(
+        fast_cluster,
+        workers=1,
+        worker_env={"MINITEMPORAL_WORKER_SLOTS": "1", "MINITEMPORAL_WORKER_PREFETCH": "0"},
+    )
     blocker = top.api.submit({"name": "busy", "nodes": [node("b", "sleep 3")]})
     top.api.wait(blocker, lambda j: running_on(j, "b") is not None, timeout=20)
     job_id = top.api.submit(
@@ -171,3 +177,34 @@ def test_a_worker_cut_off_from_the_scheduler_kills_its_command(
     wait_for(lambda: not pid_alive(pid), timeout=2 + 5, what="the worker to kill its command")
     assert "lease lost" in top.workers[0].log()
     assert top.workers[0].alive()
+
+
+def test_a_prefetched_attempt_stuck_behind_a_long_one_is_released(
+    fast_cluster: Cluster, ledger: Ledger
+) -> None:
+    one_slot = {"MINITEMPORAL_WORKER_SLOTS": "1", "MINITEMPORAL_WORKER_PREFETCH": "1"}
+    top = start_split(fast_cluster, workers=1, worker_env=one_slot)
+    job_id = top.api.submit(
+        {"name": "hol", "nodes": [node("long", ledger.cmd("sleep 4"), timeout=60)]}
+    )
+    top.api.wait(job_id, lambda j: running_on(j, "long") == "worker1", timeout=20)
+    # worker1's slot is busy; its prefetch permit claims the short one, which then waits.
+    short = top.api.submit({"name": "short", "nodes": [node("s", ledger.cmd())]})
+    wait_for(
+        lambda: httpx.get(top.workers[0].http_url + "/metrics").text.count(
+            "minitemporal_worker_prefetched 1.0"
+        ),
+        timeout=10,
+        what="worker1 to prefetch the short attempt",
+    )
+    assert nodes_by_id(top.api.get(short))["s"]["worker_id"] == "worker1"
+    # Held for at most a second while worker1 is busy, then released to an idle worker.
+    idle = top.add_worker("worker2", env=one_slot)
+    done = top.api.wait(short, timeout=20)
+    s = nodes_by_id(done)["s"]
+    assert done["status"] == "succeeded"
+    assert s["attempts"][0]["worker_id"] == idle.name, "run by the idle worker"
+    assert s["attempt"] == 1 and len(s["attempts"]) == 1, "a release costs no attempt"
+    long_job = top.api.get(job_id)
+    assert long_job["status"] == "running", "well before the long one finished"
+    top.api.wait(job_id, timeout=20)

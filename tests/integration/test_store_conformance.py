@@ -788,3 +788,18 @@ async def test_a_heartbeat_give_back_reports_what_it_caused(store: Store) -> Non
     ]
     [w] = await store.claim("w2", beat.queued, 30)
     assert w.job_id == waiter.job_id and w.node_id == "w"
+
+
+async def test_release_puts_unstarted_attempts_back_as_if_never_claimed(store: Store) -> None:
+    res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
+    a, b = await store.claim("w", res.queued, 30)
+    await store.heartbeat("w", [Beat(b.ref, datetime.now(UTC))], 30)  # b has started
+    assert await store.release("other", [a.ref]) == [], "only the holder can release"
+    assert await store.release("w", [a.ref, b.ref]) == [a.ref], "a started attempt stays"
+    job = await store.get_job(res.job_id)
+    nodes = {n.id: n for n in job.nodes}
+    assert nodes["a"].state is NodeState.QUEUED and nodes["a"].attempt == 1
+    assert nodes["a"].attempts == (), "no trace of the claim"
+    assert [r for r, _ in await store.queued_tasks()] == [a.ref]
+    [again] = await store.claim("w2", [a.ref], 30)
+    assert again.ref == a.ref, "claimed again under the same attempt number"

@@ -312,3 +312,17 @@ class CompleteTasksResponse(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     lease_seconds: float
     def __init__(self, accepted: _Optional[_Iterable[bool]] = ..., tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class ReleaseTasksRequest(_message.Message):
+    __slots__ = ("worker_id", "tasks")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, worker_id: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class ReleaseTasksResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: _containers.RepeatedCompositeFieldContainer[TaskRef]
+    def __init__(self, released: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class SchedulerStub:
                 request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksRequest.SerializeToString,
                 response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksResponse.FromString,
                 _registered_method=True)
+        self.ReleaseTasks = channel.unary_unary(
+                '/minitemporal.v1.Scheduler/ReleaseTasks',
+                request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksRequest.SerializeToString,
+                response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -119,6 +124,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseTasks(self, request, context):
+        """Give back claimed attempts the worker never started (prefetched, then not needed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +168,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.CompleteTasks,
                     request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksRequest.FromString,
                     response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksResponse.SerializeToString,
+            ),
+            'ReleaseTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseTasks,
+                    request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksRequest.FromString,
+                    response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +364,33 @@ class Scheduler:
             '/minitemporal.v1.Scheduler/CompleteTasks',
             minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksRequest.SerializeToString,
             minitemporal_dot_v1_dot_scheduler__pb2.CompleteTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minitemporal.v1.Scheduler/ReleaseTasks',
+            minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksRequest.SerializeToString,
+            minitemporal_dot_v1_dot_scheduler__pb2.ReleaseTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

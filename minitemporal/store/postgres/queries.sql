@@ -62,6 +62,25 @@ SELECT c.id, c.attempt, c.job_id, c.node_id, c.command, c.timeout_seconds, c.env
        EXISTS (SELECT 1 FROM node_edges e WHERE e.parent_id = c.id) AS has_dependents
 FROM claimed c;
 
+-- name: release
+-- Claimed attempts a worker never started (prefetched, then not needed): queued again with
+-- the same attempt number, as if never claimed. An attempt that reported a start stays.
+WITH released AS (
+    UPDATE nodes n
+    SET state = 'queued', worker_id = NULL, lease_until = NULL, deadline_at = NULL
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
+    WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'running'
+      AND n.worker_id = %(worker)s
+      AND NOT EXISTS (SELECT 1 FROM attempts a
+                      WHERE a.node_id = n.id AND a.attempt = n.attempt
+                        AND a.started_at IS NOT NULL)
+    RETURNING n.id, n.attempt
+), forgotten AS (
+    DELETE FROM attempts a USING released r
+    WHERE a.node_id = r.id AND a.attempt = r.attempt
+)
+SELECT id, attempt FROM released;
+
 -- name: heartbeat
 WITH held AS (
     UPDATE nodes n

@@ -261,6 +261,16 @@ class _PgTx(Tx):
         }
         return await self._all("claim", params)
 
+    async def release(self, worker: str, refs: Sequence[TaskRef]) -> list[Row]:
+        return await self._all(
+            "release",
+            {
+                "worker": worker,
+                "ids": [r.node for r in refs],
+                "attempts": [r.attempt for r in refs],
+            },
+        )
+
     async def heartbeat(self, worker: str, beats: Sequence[Beat], lease: float) -> list[Row]:
         params = {
             "worker": worker,

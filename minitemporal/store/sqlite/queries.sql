@@ -39,6 +39,18 @@ RETURNING id, attempt, job_id, node_id, command, timeout_seconds, env, enqueued_
 INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
 VALUES (:id, :attempt, :worker, :enqueued_at, :now);
 
+-- name: release
+UPDATE nodes
+SET state = 'queued', worker_id = NULL, lease_until = NULL, deadline_at = NULL
+WHERE id = :id AND attempt = :attempt AND state = 'running' AND worker_id = :worker
+  AND NOT EXISTS (SELECT 1 FROM attempts a
+                  WHERE a.node_id = nodes.id AND a.attempt = nodes.attempt
+                    AND a.started_at IS NOT NULL)
+RETURNING id, attempt;
+
+-- name: forget_attempt
+DELETE FROM attempts WHERE node_id = :id AND attempt = :attempt;
+
 -- name: heartbeat
 UPDATE nodes SET lease_until = :now + :lease
 WHERE id = :id AND attempt = :attempt AND state = 'running' AND worker_id = :worker

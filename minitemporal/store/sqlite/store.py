@@ -600,6 +600,16 @@ class _SqliteTx(Tx):
                 claimed.append(row)
         return claimed
 
+    async def release(self, worker: str, refs: Sequence[TaskRef]) -> list[Row]:
+        released = []
+        for ref in refs:
+            params = {"worker": worker, "id": ref.node, "attempt": ref.attempt}
+            row = self._one("release", params)
+            if row is not None:
+                self._run("forget_attempt", params)
+                released.append(row)
+        return released
+
     async def heartbeat(self, worker: str, beats: Sequence[Beat], lease: float) -> list[Row]:
         held = []
         for b in beats:
