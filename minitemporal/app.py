@@ -203,6 +203,7 @@ class Runtime:
                     credentials=grpc_channel_credentials,
                     server_name=s.grpc_tls_server_name,
                     wait_for_ready="worker" in self.roles and "api" not in self.roles,
+                    session="worker" in self.roles,  # the worker's task calls share a stream
                 )
                 stack.push_async_callback(self.client.close)
                 self.health.add("scheduler", self.client.check_health)

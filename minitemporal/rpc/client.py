@@ -20,12 +20,19 @@ from minitemporal.domain.model import (
     TaskRef,
     TaskResult,
 )
-from minitemporal.errors import CredentialsRejected, Unavailable, decode_from_grpc
+from minitemporal.errors import (
+    CredentialsRejected,
+    MinitemporalError,
+    Unavailable,
+    decode_from_grpc,
+)
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
 from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME
+from minitemporal.rpc.session import FIELDS as SESSION_METHODS
+from minitemporal.rpc.session import Session, StreamBroken
 
 log = logging.getLogger("minitemporal.rpc")
 _REFUSED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -43,7 +50,10 @@ class SchedulerClient:
         server_name: str | None = None,
         timeout: float = 10.0,
         wait_for_ready: bool = False,
+        session: bool = False,
     ) -> None:
+        """`session`: send the task calls (claim, heartbeat, complete, release) as messages of
+        one long-lived stream, as a worker does; the api's calls stay unary."""
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -69,25 +79,49 @@ class SchedulerClient:
         self.address = address
         self.refused: str | None = None  # why the scheduler refused our last call, if it did
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
+        self._session = (
+            Session(self._stub, self._metadata, wait=wait_for_ready) if session else None
+        )
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         await self._channel.close()
 
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         start = time.perf_counter()
         code = "OK"
         try:
-            reply = await getattr(self._stub, method)(
-                request,
-                timeout=timeout or self._timeout,
-                metadata=self._metadata,
-                wait_for_ready=self._wait,
-            )
+            if self._session is not None and method in SESSION_METHODS:
+                reply = await self._session.call(method, request, timeout or self._timeout)
+            else:
+                reply = await getattr(self._stub, method)(
+                    request,
+                    timeout=timeout or self._timeout,
+                    metadata=self._metadata,
+                    wait_for_ready=self._wait,
+                )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
             if exc.code() in _REFUSED_CODES:
                 raise self._refusal(exc.details() or code) from None
             raise decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
+        except StreamBroken as exc:
+            if exc.status is None:
+                code = "UNAVAILABLE"
+                raise Unavailable(f"scheduler at {self.address}: session closed") from None
+            code = exc.status.code().name
+            if exc.status.code() in _REFUSED_CODES:
+                raise self._refusal(exc.status.details() or code) from None
+            status = exc.status
+            raise decode_from_grpc(
+                status.code(), status.details(), status.trailing_metadata()
+            ) from None
+        except MinitemporalError as exc:  # a call of the session failed on the scheduler
+            code = exc.grpc_code.name
+            if exc.grpc_code in _REFUSED_CODES:
+                raise self._refusal(exc.detail) from None
+            raise
         finally:
             self._metrics.client_calls.labels(method, code).inc()
             self._metrics.client_seconds.labels(method).observe(time.perf_counter() - start)

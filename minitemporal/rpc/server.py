@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from minitemporal.errors import MinitemporalError, encode_for_grpc
+from minitemporal.errors import InvalidInput, MinitemporalError, encode_for_grpc
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
@@ -97,57 +98,126 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
         return await self._run("CancelJob", context, body)
 
+    # --- task calls: unary, or as messages of a worker's session (same bodies)
+    async def _claim(self, request: pb.ClaimTasksRequest) -> pb.ClaimTasksResponse:
+        refs = [convert.ref_from_pb(r) for r in request.tasks]
+        tasks = await self._s.claim(request.worker_id, refs)
+        return pb.ClaimTasksResponse(
+            tasks=[convert.task_to_pb(t) for t in tasks], lease_seconds=self._s.lease_seconds
+        )
+
+    async def _heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        beats = [convert.beat_from_pb(b) for b in request.running]
+        result = await self._s.heartbeat(request.worker_id, beats)
+        return pb.HeartbeatResponse(
+            cancel=[convert.ref_to_pb(r) for r in result.cancel],
+            lost=[convert.ref_to_pb(r) for r in result.lost],
+            lease_seconds=self._s.lease_seconds,
+        )
+
+    async def _complete(self, request: pb.CompleteTasksRequest) -> pb.CompleteTasksResponse:
+        results = [convert.result_from_pb(r, i) for i, r in enumerate(request.results)]
+        want = max(0, min(request.want, 1024))
+        claim = [convert.ref_from_pb(r) for r in request.claim]
+        accepted, tasks = await self._s.complete(request.worker_id, results, want=want, claim=claim)
+        return pb.CompleteTasksResponse(
+            accepted=accepted,
+            tasks=[convert.task_to_pb(t) for t in tasks],
+            lease_seconds=self._s.lease_seconds,
+        )
+
+    async def _release(self, request: pb.ReleaseTasksRequest) -> pb.ReleaseTasksResponse:
+        refs = [convert.ref_from_pb(r) for r in request.tasks]
+        released = await self._s.release(request.worker_id, refs)
+        return pb.ReleaseTasksResponse(released=[convert.ref_to_pb(r) for r in released])
+
     async def ClaimTasks(
         self, request: pb.ClaimTasksRequest, context: Any
     ) -> pb.ClaimTasksResponse:
-        async def body() -> pb.ClaimTasksResponse:
-            refs = [convert.ref_from_pb(r) for r in request.tasks]
-            tasks = await self._s.claim(request.worker_id, refs)
-            return pb.ClaimTasksResponse(
-                tasks=[convert.task_to_pb(t) for t in tasks], lease_seconds=self._s.lease_seconds
-            )
-
-        return await self._run("ClaimTasks", context, body)
+        return await self._run("ClaimTasks", context, lambda: self._claim(request))
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
-        async def body() -> pb.HeartbeatResponse:
-            beats = [convert.beat_from_pb(b) for b in request.running]
-            result = await self._s.heartbeat(request.worker_id, beats)
-            return pb.HeartbeatResponse(
-                cancel=[convert.ref_to_pb(r) for r in result.cancel],
-                lost=[convert.ref_to_pb(r) for r in result.lost],
-                lease_seconds=self._s.lease_seconds,
-            )
-
-        return await self._run("Heartbeat", context, body)
+        return await self._run("Heartbeat", context, lambda: self._heartbeat(request))
 
     async def CompleteTasks(
         self, request: pb.CompleteTasksRequest, context: Any
     ) -> pb.CompleteTasksResponse:
-        async def body() -> pb.CompleteTasksResponse:
-            results = [convert.result_from_pb(r, i) for i, r in enumerate(request.results)]
-            want = max(0, min(request.want, 1024))
-            claim = [convert.ref_from_pb(r) for r in request.claim]
-            accepted, tasks = await self._s.complete(
-                request.worker_id, results, want=want, claim=claim
-            )
-            return pb.CompleteTasksResponse(
-                accepted=accepted,
-                tasks=[convert.task_to_pb(t) for t in tasks],
-                lease_seconds=self._s.lease_seconds,
-            )
-
-        return await self._run("CompleteTasks", context, body)
+        return await self._run("CompleteTasks", context, lambda: self._complete(request))
 
     async def ReleaseTasks(
         self, request: pb.ReleaseTasksRequest, context: Any
     ) -> pb.ReleaseTasksResponse:
-        async def body() -> pb.ReleaseTasksResponse:
-            refs = [convert.ref_from_pb(r) for r in request.tasks]
-            released = await self._s.release(request.worker_id, refs)
-            return pb.ReleaseTasksResponse(released=[convert.ref_to_pb(r) for r in released])
+        return await self._run("ReleaseTasks", context, lambda: self._release(request))
 
-        return await self._run("ReleaseTasks", context, body)
+    async def WorkerSession(
+        self, requests: AsyncIterator[pb.SessionRequest], context: Any
+    ) -> AsyncIterator[pb.SessionReply]:
+        """Answer each message as soon as it is done, several at once: a slow report must
+        not hold up a heartbeat behind it."""
+        replies: asyncio.Queue[pb.SessionReply | None] = asyncio.Queue()
+        handling: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.SessionRequest) -> None:
+            replies.put_nowait(await self._session_reply(request))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(answer(request))
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+            finally:
+                if handling:
+                    await asyncio.gather(*handling, return_exceptions=True)
+                replies.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+            for task in list(handling):
+                task.cancel()
+
+    async def _session_reply(self, request: pb.SessionRequest) -> pb.SessionReply:
+        field = request.WhichOneof("call")
+        if field is None:
+            error = InvalidInput("empty session message")
+            return pb.SessionReply(id=request.id, error=_session_error(error))
+        method, body = self._session_calls[field]
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            reply = await body(getattr(request, field))
+            return pb.SessionReply(id=request.id, **{field: reply})
+        except MinitemporalError as exc:
+            code = exc.grpc_code
+            return pb.SessionReply(id=request.id, error=_session_error(exc))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            return pb.SessionReply(
+                id=request.id, error=pb.SessionError(code=code.name, detail="internal error")
+            )
+        finally:
+            self._m.server_calls.labels(method, code.name).inc()
+            self._m.server_seconds.labels(method).observe(time.perf_counter() - start)
+
+    @property
+    def _session_calls(self) -> dict[str, tuple[str, Callable[[Any], Awaitable[Any]]]]:
+        return {
+            "claim": ("ClaimTasks", self._claim),
+            "heartbeat": ("Heartbeat", self._heartbeat),
+            "complete": ("CompleteTasks", self._complete),
+            "release": ("ReleaseTasks", self._release),
+        }
+
+
+def _session_error(exc: MinitemporalError) -> pb.SessionError:
+    return pb.SessionError(
+        code=exc.grpc_code.name, detail=exc.detail, error=encode_for_grpc(exc)[0][1]
+    )
 
 
 class SecretInterceptor(grpc.aio.ServerInterceptor):

@@ -210,7 +210,7 @@ def test_attempts_left_queued_are_pushed_again_after_a_restart(tmp_path: Path) -
         tmp_path,
         database_url=None,
         redis_url=None,
-        extra_env={**FAST, "MINITEMPORAL_WORKER_SLOTS": "1"},
+        extra_env={**FAST, "MINITEMPORAL_WORKER_SLOTS": "1", "MINITEMPORAL_WORKER_PREFETCH": "0"},
     )
     try:
         api = start(cluster, "first")

@@ -326,3 +326,43 @@ class ReleaseTasksResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: _containers.RepeatedCompositeFieldContainer[TaskRef]
     def __init__(self, released: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    claim: ClaimTasksRequest
+    heartbeat: HeartbeatRequest
+    complete: CompleteTasksRequest
+    release: ReleaseTasksRequest
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ...) -> None: ...
+
+class SessionError(_message.Message):
+    __slots__ = ("code", "detail", "error")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    detail: str
+    error: bytes
+    def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., error: _Optional[bytes] = ...) -> None: ...
+
+class SessionReply(_message.Message):
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    claim: ClaimTasksResponse
+    heartbeat: HeartbeatResponse
+    complete: CompleteTasksResponse
+    release: ReleaseTasksResponse
+    error: SessionError
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...
