@@ -107,16 +107,13 @@ class SchedulerClient:
                 raise self._refusal(exc.details() or code) from None
             raise decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
         except StreamBroken as exc:
-            if exc.status is None:
-                code = "UNAVAILABLE"
-                raise Unavailable(f"scheduler at {self.address}: session closed") from None
-            code = exc.status.code().name
-            if exc.status.code() in _REFUSED_CODES:
-                raise self._refusal(exc.status.details() or code) from None
+            # The stream itself ended: a refusal of our credentials, or a broken transport
+            # (a scheduler stopping ends it with UNAVAILABLE, CANCELLED or even INTERNAL).
             status = exc.status
-            raise decode_from_grpc(
-                status.code(), status.details(), status.trailing_metadata()
-            ) from None
+            code = status.code().name if status is not None else "UNAVAILABLE"
+            if status is not None and status.code() in _REFUSED_CODES:
+                raise self._refusal(status.details() or code) from None
+            raise Unavailable(f"scheduler at {self.address}: session broke ({code})") from None
         except MinitemporalError as exc:  # a call of the session failed on the scheduler
             code = exc.grpc_code.name
             if exc.grpc_code in _REFUSED_CODES:

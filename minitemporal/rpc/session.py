@@ -69,6 +69,8 @@ class Session:
             raise Unavailable(f"no answer to {method} within {timeout:g}s") from None
         finally:
             self._pending.pop(ident, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # a reset may have failed it after the call gave up on it
         if reply.HasField("error"):
             raise _decode(reply.error)
         return getattr(reply, field)
