@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tests.support.api import node, nodes_by_id, ts
-from tests.support.procs import Cluster
+from tests.support.procs import Cluster, pid_alive
 from tests.support.topology import Ledger, start_split
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:  # gone between the two calls (ENOENT, or ESRCH while reading)
-        return False
 
 
 def test_retries_with_backoff_then_success(fast_cluster: Cluster, tmp_path: Path) -> None:

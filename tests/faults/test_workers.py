@@ -7,9 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.faults.test_retries_and_timeouts import pid_alive
 from tests.support.api import node, nodes_by_id
-from tests.support.procs import Cluster
+from tests.support.procs import Cluster, pid_alive
 from tests.support.topology import Ledger, pause, resume, start_split, wait_for
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from minitemporal.domain.model import Outcome
 from minitemporal.worker.process import Execution, ResourceLimits, RunSpec, command_argv
+from tests.support.procs import pid_alive
 
 pytestmark = pytest.mark.anyio
 
@@ -25,19 +26,6 @@ def spec(command: str, tmp_path: Path, timeout: float | None = 10, grace: float 
         kill_grace=grace,
         tail_bytes=1024,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_exit_codes_output_env_and_cwd(tmp_path: Path) -> None:
@@ -60,14 +48,14 @@ async def test_timeout_kills_the_whole_group_even_if_sigterm_is_trapped(tmp_path
     assert res.outcome is Outcome.TIMEOUT
     assert time.monotonic() - start < 5
     for pid in map(int, pids.read_text().split()):
-        assert not alive(pid), f"{pid} survived the timeout"
+        assert not pid_alive(pid), f"{pid} survived the timeout"
 
 
 async def test_background_stragglers_are_ended_after_a_normal_exit(tmp_path: Path) -> None:
     pidfile = tmp_path / "bg"
     res = await Execution(spec(f"sleep 60 & echo $! > {pidfile}; echo done", tmp_path)).run()
     assert res.outcome is Outcome.SUCCEEDED and res.stdout.tail == "done\n"
-    assert not alive(int(pidfile.read_text()))
+    assert not pid_alive(int(pidfile.read_text()))
 
 
 async def test_stop_cancels_a_running_command(tmp_path: Path) -> None:

@@ -18,6 +18,19 @@ from tests.support.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, still answering kill(0), counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # gone between the two calls (ENOENT, or ESRCH while reading)
+        return False
+
+
 def minitemporal_command() -> list[str]:
     """`python -m minitemporal` of the checkout under test (not some other installed copy)."""
     return [sys.executable, "-m", "minitemporal"]
