@@ -114,7 +114,7 @@ def submit(
         if not opts.as_json:
             console.print(f"follow it with: minitemporal jobs watch {job_id}")
         return EXIT_OK
-    return _watch(console, client, job_id, as_json=opts.as_json, header=False)
+    return _watch(console, client, job_id, as_json=opts.as_json, after_submit=True)
 
 
 def watch(console: Console, opts: Options, job_id: str) -> int:
@@ -122,15 +122,19 @@ def watch(console: Console, opts: Options, job_id: str) -> int:
         client = connect(opts)
     except ClientError as exc:
         return console.error(exc)
-    return _watch(console, client, job_id, as_json=opts.as_json, header=True)
+    return _watch(console, client, job_id, as_json=opts.as_json, after_submit=False)
 
 
-def _watch(console: Console, client: ApiClient, job_id: str, *, as_json: bool, header: bool) -> int:
+def _watch(
+    console: Console, client: ApiClient, job_id: str, *, as_json: bool, after_submit: bool
+) -> int:
     """Print the job's events until it ends; 0 if it succeeded, 1 if it failed or was
-    cancelled."""
+    cancelled. `jobs watch` fails at once if the api cannot be reached at all; after a
+    submit, the api was there a moment ago, so it is waited for."""
     progress = Progress(color=console.color)
+    header = not after_submit
     try:
-        for item in follow(client, job_id):
+        for item in follow(client, job_id, retry_at_start=after_submit):
             if isinstance(item, Notice):
                 console.note(item.message)
                 continue

@@ -88,9 +88,12 @@ def follow(
     rand: Callable[[], float] = random.random,
     give_up_after: float = GIVE_UP_AFTER,
     poll_interval: float = POLL_INTERVAL,
+    retry_at_start: bool = True,
 ) -> Iterator[Update | Notice]:
-    """Updates until (and including) `end`; notices in between when the stream breaks."""
+    """Updates until (and including) `end`; notices in between when the stream breaks.
+    Without `retry_at_start`, an api unreachable at the first try is an error at once."""
     backoff = _Backoff(clock, rand, give_up_after)
+    connected = False
     while True:
         hint: float | None = None
         try:
@@ -109,8 +112,11 @@ def follow(
             error: ClientError = exc
             hint = exc.retry_after
         except ApiUnreachable as exc:
+            if not (connected or retry_at_start):
+                raise
             error = exc
         else:
+            connected = True
             with stream:
                 try:
                     for event in stream:

@@ -180,3 +180,16 @@ def test_a_server_without_the_events_route_is_polled() -> None:
     assert "polling" in items[0].message  # type: ignore[union-attr]
     assert items[-1] == Update("end", {"id": "j", "status": "succeeded"})
     assert clock.sleeps == [1.0, 1.0, 2.0]
+
+
+def test_without_retry_at_start_an_absent_api_is_an_error_at_once() -> None:
+    down = ApiUnreachable("cannot reach the API at http://api: connection refused")
+    clock = Clock()
+    with pytest.raises(ApiUnreachable):
+        run(FakeApi([down]), clock, retry_at_start=False)
+    assert clock.sleeps == []
+    dropped = FakeStream([ev("snapshot", JOB), ApiUnreachable("broke")])
+    api = FakeApi([dropped, down, FakeStream([ev("snapshot", JOB), ev("end", END)])])
+    assert kinds(run(api, clock, retry_at_start=False))[-2:] == ["snapshot", "end"], (
+        "once connected, it reconnects"
+    )
