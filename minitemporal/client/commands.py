@@ -76,7 +76,7 @@ def connect(opts: Options) -> ApiClient:
 def _job_id(document: Any) -> str:
     if not isinstance(document, dict) or not isinstance(document.get("id"), str):
         raise ClientError("the API answered without a job id")
-    return str(document["id"])
+    return clean(document["id"])
 
 
 def submit(

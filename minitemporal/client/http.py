@@ -132,6 +132,8 @@ class ApiClient:
         data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
         headers = {"Content-Type": "application/json"}
         if idempotency_key is not None:
+            if not (idempotency_key.isascii() and idempotency_key.isprintable()):
+                raise UsageProblem("the idempotency key must be printable ASCII (it is a header)")
             headers["Idempotency-Key"] = idempotency_key
         return self._json("POST", "/v1/jobs", data, headers)
 

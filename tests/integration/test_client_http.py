@@ -193,3 +193,8 @@ def test_problem_documents_become_typed_errors(serve: Callable[[Handler], str]) 
 def test_an_answer_that_is_not_json(serve: Callable[[Handler], str]) -> None:
     with pytest.raises(Exception, match="not JSON"):
         ApiClient(serve(_problem(200, b"<html>", "text/html"))).list_jobs()
+
+
+def test_an_idempotency_key_cannot_inject_headers() -> None:
+    with pytest.raises(UsageProblem, match="printable ASCII"):
+        ApiClient("http://127.0.0.1:1").submit({"job": {}}, "k\r\nX-Evil: 1")
