@@ -135,7 +135,7 @@ class EventStream:
         ids = itertools.count(1)
         try:
             yield SSEvent(retry=RETRY_MS)
-            first = self.first
+            first, self.first = self.first, None  # a large job's snapshot: not kept
             if first is None:
                 return
             for name, data in render(first):

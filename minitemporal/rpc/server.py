@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -108,12 +109,15 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         code = grpc.StatusCode.OK
         first = True
         try:
-            async for event in self._s.watch_job(request.job_id):
-                message = convert.job_event_to_pb(event)
-                if first:
-                    first = False
-                    self._m.server_seconds.labels("WatchJob").observe(time.perf_counter() - start)
-                yield message
+            # aclosing: however this stream ends, the watch leaves the hub at once.
+            async with contextlib.aclosing(self._s.watch_job(request.job_id)) as events:
+                async for event in events:
+                    message = convert.job_event_to_pb(event)
+                    if first:
+                        first = False
+                        elapsed = time.perf_counter() - start
+                        self._m.server_seconds.labels("WatchJob").observe(elapsed)
+                    yield message
         except MinitemporalError as exc:
             code = exc.grpc_code
             await context.abort(code, exc.detail, trailing_metadata=encode_for_grpc(exc))

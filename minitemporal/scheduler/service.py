@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 
 from minitemporal.domain.changes import JobEvent
@@ -100,7 +100,7 @@ class SchedulerService:
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         return await self.store.get_job(job_id, include_nodes=include_nodes)
 
-    def watch_job(self, job_id: str) -> AsyncIterator[JobEvent]:
+    def watch_job(self, job_id: str) -> AsyncGenerator[JobEvent, None]:
         """The job, then its changes until it finished (`NotFound` first if there is none)."""
         return self.watch.watch(job_id)
 

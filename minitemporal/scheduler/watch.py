@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from prometheus_client import Gauge
 
@@ -93,7 +93,7 @@ class WatchHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+    async def watch(self, job_id: str) -> AsyncGenerator[JobEvent, None]:
         """The job now (raises `NotFound` first if there is none), then each change, until
         the job finished."""
         if self._closed:
@@ -101,13 +101,14 @@ class WatchHub:
         if self._gauge is not None:
             self._gauge.inc()
         try:
-            async for event in self._watch(job_id):
-                yield event
+            async with contextlib.aclosing(self._watch(job_id)) as events:
+                async for event in events:
+                    yield event
         finally:
             if self._gauge is not None:
                 self._gauge.dec()
 
-    async def _watch(self, job_id: str) -> AsyncIterator[JobEvent]:
+    async def _watch(self, job_id: str) -> AsyncGenerator[JobEvent, None]:
         seq = self._next_read()
         seen = await self.store.get_job(job_id, include_nodes=True)
         yield JobEvent(job=seen, snapshot=True)
