@@ -16,6 +16,7 @@ import pytest
 from tests.e2e.conftest import TOPOLOGIES, System, start_topology, topology_cluster
 from tests.support.api import Api, node
 from tests.support.procs import Cluster, Proc
+from tests.support.services import free_port
 from tests.support.sse import Comment, Event, EventStream
 from tests.support.topology import wait_for
 
@@ -126,6 +127,27 @@ def test_no_such_job_is_a_404_problem(system: System, job_id: str) -> None:
         assert stream.status == 404
         assert stream.response.headers["content-type"].startswith("application/problem+json")
         assert stream.body()["type"].endswith("/not-found")
+
+
+def test_no_scheduler_is_a_503_problem(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, None, None)
+    api = cluster.add("api", "api", scheduler_port=free_port()).start()
+    try:
+        wait_for(lambda: listening(api.http_url), 30, "the api to listen")
+        with EventStream.open(api.http_url, "3f8e4b8a-1d2c-4e5f-8a9b-0c1d2e3f4a5b") as stream:
+            assert stream.status == 503 and stream.response.headers["retry-after"]
+            assert stream.body()["type"].endswith("/unavailable")
+    finally:
+        cluster.stop_all()
+    assert api.exit_codes == [0]
+
+
+def listening(base_url: str) -> bool:
+    try:
+        httpx.get(base_url + "/healthz", timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def test_a_finished_job_gets_its_snapshot_then_end(system: System) -> None:
