@@ -1,8 +1,10 @@
-"""The command-line client: REST over the standard library, no server code imported.
+"""The command-line client: REST over the standard library; of the server it shares only
+errors.py (a problem document becomes the same typed error).
 
 http.py talks to the api, sse.py parses its event stream, follow.py keeps a live view of a
-job across reconnections, jobfile.py reads DAG files, render.py turns documents into text.
-cli.py only wires these into click commands, importing them when a command runs.
+job across reconnections, jobfile.py reads DAG files, render.py turns documents into text,
+commands.py is what each command does. cli.py only wires click commands to commands.py,
+importing it when a client command runs (the server never loads any of this).
 """
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
