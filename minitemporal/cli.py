@@ -4,6 +4,7 @@ setting has a flag and an environment variable, and `--help` documents both.
     minitemporal --roles all                 run roles in this process
     minitemporal db migrate                  create or upgrade the schema
     minitemporal token create --name ci      make an API token and its configuration entry
+    minitemporal submit dag.yaml --wait      the REST client (submit, jobs ...): see client/
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import click
 from pydantic import SecretStr, ValidationError
 
 from minitemporal import __version__
+from minitemporal.client import API_URL_ENV, DEFAULT_API_URL, TOKEN_ENV
 from minitemporal.config import Settings
 from minitemporal.errors import ConfigurationError, MinitemporalError
 
@@ -177,6 +179,129 @@ def token_hash() -> None:
     if not value:
         fail("give the token on standard input")
     click.echo(hash_token(value).hex())
+
+
+# --- the REST client. Its options live on its commands, apart from the server's Settings;
+# its modules are imported when a command runs, so that --help and the server start stay fast.
+JOB_STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the API's JSON (watch, --wait: one JSON object per event line).",
+    )(func)
+    func = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False),
+        help=f"Read the API token from this file instead of ${TOKEN_ENV}.",
+    )(func)
+    return click.option(
+        "--api-url",
+        envvar=API_URL_ENV,
+        default=DEFAULT_API_URL,
+        show_default=True,
+        show_envvar=True,
+        help=f"Base URL of the REST api. The token comes from ${TOKEN_ENV}, never a flag.",
+    )(func)
+
+
+def _run_client(command: Callable[..., int], *args: Any, **kwargs: Any) -> typing.NoReturn:
+    """Run a client command with its Console; exit with its code."""
+    from minitemporal.client import commands
+
+    opts = commands.Options(kwargs.pop("api_url"), kwargs.pop("token_file"), kwargs.pop("as_json"))
+    try:
+        code = command(commands.Console(), opts, *args, **kwargs)
+    except BrokenPipeError:  # `minitemporal jobs list | head`: the reader left
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("file", metavar="FILE")
+@click.option(
+    "--idempotency-key",
+    help="Submit at most once: the same key and body again gives the same job.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Follow the job live until it ends; exit 1 unless it succeeded."
+)
+@client_options
+def submit(file: str, idempotency_key: str | None, wait: bool, **opts: Any) -> None:
+    """Submit the DAG in FILE (JSON or YAML; - for standard input).
+
+    FILE holds either the request body {"job": {...}} or the job itself
+    {"name": ..., "nodes": [...]}.
+    """
+    from minitemporal.client import commands
+
+    _run_client(commands.submit, file, idempotency_key=idempotency_key, wait=wait, **opts)
+
+
+@main.group()
+def jobs() -> None:
+    """List, inspect, follow and cancel jobs (the REST api's client)."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(JOB_STATUSES), help="Only jobs with this status.")
+@click.option("--limit", type=click.IntRange(1, 500), help="At most this many (default 50).")
+@click.option("--cursor", help="Continue a listing (the cursor the previous page printed).")
+@client_options
+def jobs_list(status: str | None, limit: int | None, cursor: str | None, **opts: Any) -> None:
+    """Jobs, newest first."""
+    from minitemporal.client import commands
+
+    _run_client(commands.list_jobs, status=status, limit=limit, cursor=cursor, **opts)
+
+
+@jobs.command("get")
+@click.argument("job_id", metavar="ID")
+@client_options
+def jobs_get(job_id: str, **opts: Any) -> None:
+    """A job and a table of its nodes: state, attempt, exit code, duration, explanation."""
+    from minitemporal.client import commands
+
+    _run_client(commands.get_job, job_id, **opts)
+
+
+@jobs.command("logs")
+@click.argument("job_id", metavar="ID")
+@click.argument("node_id", metavar="NODE")
+@click.option("--attempt", type=click.IntRange(min=1), help="This attempt (default: the latest).")
+@click.option("--stderr", is_flag=True, help="Standard error instead of standard output.")
+@client_options
+def jobs_logs(job_id: str, node_id: str, attempt: int | None, stderr: bool, **opts: Any) -> None:
+    """Print the stored output tail of a node's attempt."""
+    from minitemporal.client import commands
+
+    _run_client(commands.logs, job_id, node_id, attempt=attempt, stderr=stderr, **opts)
+
+
+@jobs.command("cancel")
+@click.argument("job_id", metavar="ID")
+@client_options
+def jobs_cancel(job_id: str, **opts: Any) -> None:
+    """Cancel a job: waiting nodes are cancelled, running commands killed."""
+    from minitemporal.client import commands
+
+    _run_client(commands.cancel, job_id, **opts)
+
+
+@jobs.command("watch")
+@click.argument("job_id", metavar="ID")
+@client_options
+def jobs_watch(job_id: str, **opts: Any) -> None:
+    """Follow a job live until it ends; exit 1 unless it succeeded."""
+    from minitemporal.client import commands
+
+    _run_client(commands.watch, job_id, **opts)
 
 
 if __name__ == "__main__":  # pragma: no cover

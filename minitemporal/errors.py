@@ -181,6 +181,27 @@ _BY_SLUG: dict[str, type[MinitemporalError]] = {
 GRPC_ERROR_KEY = "minitemporal-error-bin"
 
 
+def from_problem(body: object, status: int) -> MinitemporalError:
+    """The error a problem document (as `to_problem` wrote it) stands for, for REST clients:
+    its class from the `type`, else from the HTTP status. Tolerates any JSON: it comes from
+    the network."""
+    doc = body if isinstance(body, dict) else {}
+    kind = doc.get("type")
+    slug = kind.removeprefix(PROBLEM_BASE) if isinstance(kind, str) else ""
+    cls = _BY_SLUG.get(slug) or next(
+        (c for c in _BY_SLUG.values() if c.http_status == status), MinitemporalError
+    )
+    detail = doc.get("detail")
+    problems = [
+        Problem(p["pointer"], p["message"])
+        for p in doc.get("errors") or ()
+        if isinstance(p, dict)
+        and isinstance(p.get("pointer"), str)
+        and isinstance(p.get("message"), str)
+    ]
+    return cls(detail if isinstance(detail, str) else "", problems)
+
+
 def encode_for_grpc(error: MinitemporalError) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata that lets the client rebuild the exact error."""
     payload = {
