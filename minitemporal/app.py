@@ -243,6 +243,10 @@ class Runtime:
                         await self.service.watch.close()  # the apis reconnect elsewhere
                     await self.grpc_server.stop(grace=5.0)
                 tg.cancel_scope.cancel()
+            if self.grpc_server is not None:
+                # After a second signal the graceful stop above never ran: stop it now, in
+                # this loop (grpc would otherwise try from its finalizer, after the loop).
+                await self.grpc_server.stop(None)
         log.info("stopped")
 
     def _banner(self) -> None:

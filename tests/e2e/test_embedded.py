@@ -192,6 +192,25 @@ def test_sigint_stops_the_embedded_process_cleanly(cluster: Cluster) -> None:
     assert not (cluster.tmp / "minitemporal.db-wal").exists(), "checkpointed at close"
 
 
+def test_a_second_signal_stops_at_once_without_a_traceback(cluster: Cluster) -> None:
+    """Ctrl-C twice (or a supervisor forwarding the signal it got): stop now, but still
+    release the gRPC server inside the event loop, so nothing is printed from a finalizer."""
+    api = start(cluster, "first")
+    api.submit({"name": "slow", "nodes": [{"id": "s", "command": "sleep 30"}]})
+    api.close()
+    proc = cluster.procs[0]
+    proc.signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while "stopping gracefully" not in proc.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.signal(signal.SIGINT)
+    assert proc.popen is not None
+    assert proc.popen.wait(timeout=20) == 0
+    log = proc.log()
+    assert "second signal: stopping now" in log
+    assert "Traceback" not in log and "Exception ignored" not in log, log[-2000:]
+
+
 def test_a_file_that_is_not_a_database_is_refused_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "minitemporal.db").write_text("not a database " * 20)
     env = {"MINITEMPORAL_API_PORT": str(free_port()), "MINITEMPORAL_GRPC_PORT": str(free_port())}
