@@ -382,7 +382,12 @@ def _dashboard_paths(auth: bool) -> dict[str, Any]:
         },
     }
     ui["parameters"] = [
-        {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": names}},
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": names},
+        },
         if_none_match,
     ]
     index = _operation("dashboard", "The web dashboard (HTML)", None, auth, {}, ())
