@@ -236,6 +236,7 @@ def test_job_page_follows_a_running_dag_live(dash: Dash, page: Watched) -> None:
     expect(p.get_by_test_id("live-indicator")).to_have_attribute("data-live", "live")
     expect(p.get_by_test_id("job-status")).to_have_attribute("data-status", "running")
     expect(p.get_by_test_id("cancel-job")).to_be_enabled()
+    page.shot(f"dashboard-job-running-{dash.topology}")
 
     expect(_node(p, "b")).to_have_attribute("data-state", "succeeded")
     expect(_node(p, "c")).to_have_attribute("data-state", "succeeded")
@@ -524,6 +525,7 @@ def test_page_asks_for_a_token_and_keeps_it_in_the_tab(secured: Secured, page: W
     form = p.get_by_test_id("auth-form")
     expect(form).to_be_visible()
     expect(p.get_by_test_id("auth-message")).to_contain_text("needs an API token")
+    page.shot("dashboard-token-form")
     p.get_by_test_id("token-input").fill("mt_not-a-real-token")
     p.get_by_test_id("token-submit").click()
     expect(p.get_by_test_id("auth-message")).to_contain_text("not valid")
