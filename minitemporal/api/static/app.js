@@ -34,8 +34,8 @@ function mountAuth(root, reason) {
     required: true,
     "data-testid": "token-input",
   });
-  const messageEl = el("p", { class: "message error", "data-testid": "auth-message", role: "alert" });
   const had = Boolean(token.get());
+  const messageEl = el("p", { class: `message ${had ? "error" : "info"}`, "data-testid": "auth-message", role: "alert" });
   messageEl.textContent = had ? `The token was refused: ${reason}` : "This server needs an API token.";
   const form = el(
     "form",
@@ -46,6 +46,7 @@ function mountAuth(root, reason) {
         e.preventDefault();
         const value = input.value.trim();
         if (!/^[\x21-\x7e]+$/.test(value)) {
+          messageEl.className = "message error";
           messageEl.textContent = "A token is printable characters without spaces.";
           return;
         }
