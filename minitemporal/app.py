@@ -23,6 +23,7 @@ from grpc_health.v1._async import HealthServicer
 
 from minitemporal.api.app import SCOPES, ApiDeps, create_app, open_routes
 from minitemporal.api.auth import AuthMiddleware, TokenSet
+from minitemporal.api.events import EventStreams
 from minitemporal.api.guard import HeaderDeadlineProtocol
 from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
@@ -37,6 +38,7 @@ from minitemporal.rpc.server import build_server, set_serving
 from minitemporal.rpc.tls import channel_credentials, server_credentials
 from minitemporal.scheduler.maintenance import Maintenance
 from minitemporal.scheduler.service import SchedulerService
+from minitemporal.scheduler.watch import WatchHub
 from minitemporal.store.base import Store
 from minitemporal.worker.environment import UserPool, parse_run_as
 from minitemporal.worker.process import ResourceLimits
@@ -151,6 +153,8 @@ class Runtime:
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.http: EmbeddedUvicorn | None = None
+        self.events: EventStreams | None = None
+        self.service: SchedulerService | None = None
         self.tokens = TokenSet(())
         self.users: UserPool | None = None
         self.limits: ResourceLimits | None = None
@@ -229,10 +233,14 @@ class Runtime:
                 await self.stopping.wait()
                 log.info("stopping")
                 await worker_done.wait()
+                if self.events is not None:
+                    self.events.close()  # uvicorn would wait for open streams
                 if self.http is not None:
                     self.http.should_exit = True
                 if self.grpc_server is not None:
                     await set_serving(grpc_health, False)
+                    if self.service is not None:
+                        await self.service.watch.close()  # the apis reconnect elsewhere
                     await self.grpc_server.stop(grace=5.0)
                 tg.cancel_scope.cancel()
         log.info("stopped")
@@ -284,7 +292,11 @@ class Runtime:
             lease_seconds=s.lease_seconds,
             limits=s.limits,
             failpoints=Failpoints(s.failpoints),
+            watch=WatchHub(
+                store, poll_seconds=s.watch_poll_seconds, gauge=self.metrics.scheduler.job_watches
+            ),
         )
+        self.service = service
         self.grpc_server, self.grpc_port = build_server(
             service,
             self.metrics.grpc,
@@ -350,6 +362,12 @@ class Runtime:
     async def _serve_http(self) -> None:
         s = self.settings
         if "api" in self.roles and self.client is not None:
+            self.events = EventStreams(
+                self.client,
+                limit=s.api_max_event_streams,
+                gauge=self.metrics.api.event_streams,
+                keepalive_seconds=s.api_event_keepalive_seconds,
+            )
             app = create_app(
                 ApiDeps(
                     scheduler=self.client,
@@ -361,6 +379,7 @@ class Runtime:
                     metrics_auth=s.metrics_auth,
                     max_json_depth=s.max_json_depth,
                     body_timeout=s.http_body_timeout_seconds,
+                    events=self.events,
                 )
             )
             host, port, what = s.api_host, s.api_port, "api"

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How often the scheduler re-pushes queued attempts to Redis.",
     )
+    watch_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a scheduler re-reads a watched job (event streams) to see what "
+        "other schedulers changed; its own changes are seen at once.",
+    )
     retry_base_seconds: float = Field(1.0, ge=0, le=86400, description="First retry delay.")
     retry_factor: float = Field(2.0, ge=1, le=10, description="Retry delay growth per attempt.")
     retry_max_seconds: float = Field(300.0, ge=0, le=86400, description="Largest retry delay.")
@@ -161,6 +168,18 @@ class Settings(BaseSettings):
     )
     http_max_connections: int = Field(
         1000, ge=1, description="Open connections and requests the api serves at once (503 above)."
+    )
+    api_max_event_streams: int = Field(
+        256,
+        ge=1,
+        description="Event streams (GET /v1/jobs/{id}/events) the api serves at once (503 above).",
+    )
+    api_event_keepalive_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=15,
+        description="A quiet event stream gets a keepalive comment this often (lower it for "
+        "proxies that cut idle connections sooner).",
     )
     # --- logs
     log_level: Literal["debug", "info", "warning", "error"] = Field(

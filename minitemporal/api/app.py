@@ -21,6 +21,7 @@ import falcon.asgi
 from minitemporal.api import serialize
 from minitemporal.api.auth import AuthMiddleware, TokenSet
 from minitemporal.api.dashboard import AssetResource, IndexResource, load_assets
+from minitemporal.api.events import EventStreams
 from minitemporal.api.openapi import OpenApiResource, build_openapi
 from minitemporal.api.problems import install_problem_handlers
 from minitemporal.domain.model import JobStatus
@@ -53,6 +54,7 @@ class ApiDeps:
     metrics_auth: bool = False
     max_json_depth: int = 32
     body_timeout: float = 30.0
+    events: EventStreams | None = None  # None: a default one (256 streams) of its own
 
 
 async def read_json(
@@ -200,6 +202,23 @@ class JobResource:
         resp.media = serialize.job(job, with_nodes=with_nodes)
 
 
+class JobEventsResource:
+    """GET /v1/jobs/{job_id}/events: server-sent events (see api/events.py)."""
+
+    def __init__(self, streams: EventStreams) -> None:
+        self._streams = streams
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, job_id: str
+    ) -> None:
+        # The snapshot arrives before the response starts: no job is a 404, no scheduler 503.
+        stream = await self._streams.open(_job_id(job_id))
+        resp.content_type = "text/event-stream"
+        resp.cache_control = ["no-store"]
+        resp.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+        resp.sse = stream.events()
+
+
 class CancelResource:
     def __init__(self, deps: ApiDeps) -> None:
         self._d = deps
@@ -235,6 +254,7 @@ SCOPES = {
     ("/v1/jobs", "GET"): "read",
     ("/v1/jobs", "POST"): "submit",
     ("/v1/jobs/{job_id}", "GET"): "read",
+    ("/v1/jobs/{job_id}/events", "GET"): "read",
     ("/v1/jobs/{job_id}/cancel", "POST"): "submit",
     ("/metrics", "GET"): "metrics",
 }
@@ -254,6 +274,8 @@ def create_app(deps: ApiDeps) -> falcon.asgi.App:
     app.add_route("/v1/jobs", JobsResource(deps))
     app.add_route("/v1/jobs/{job_id}", JobResource(deps))
     app.add_route("/v1/jobs/{job_id}/cancel", CancelResource(deps))
+    events = deps.events if deps.events is not None else EventStreams(deps.scheduler)
+    app.add_route("/v1/jobs/{job_id}/events", JobEventsResource(events))
     app.add_route("/healthz", HealthResource(deps.health))
     app.add_route("/metrics", MetricsResource(deps.metrics.registry))
     app.add_route(

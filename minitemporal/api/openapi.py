@@ -203,10 +203,47 @@ def _response_schemas() -> dict[str, Any]:
             "next_cursor": STR_OR_NULL,
         },
     }
+
+    def sse(names: list[str], schema: str) -> dict[str, Any]:
+        return {
+            "properties": {
+                "event": {"enum": names},
+                "data": {"contentMediaType": JSON, "contentSchema": _ref(schema)},
+            }
+        }
+
+    node_event = {
+        "allOf": [
+            _ref("Node"),
+            {
+                "type": "object",
+                "required": ["job_id"],
+                "properties": {"job_id": {"type": "string", "format": "uuid"}},
+            },
+        ]
+    }
+    stream_event = {
+        "type": "object",
+        "description": "One server-sent event: `data` is one line of JSON.",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"enum": ["snapshot", "node", "job", "end"]},
+            "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            "retry": {"type": "integer"},
+            "data": {"type": "string"},
+        },
+        "oneOf": [
+            sse(["snapshot"], "Job"),
+            sse(["node"], "NodeEvent"),
+            sse(["job", "end"], "JobSummary"),
+        ],
+    }
     return {
         "Output": output,
         "Attempt": attempt,
         "Node": node,
+        "NodeEvent": node_event,
+        "JobStreamEvent": stream_event,
         "JobSummary": summary,
         "Job": job,
         "JobPage": page,
@@ -316,7 +353,8 @@ _STATUS_TEXT = {
     409: "The request contradicts the job's state, or reuses an Idempotency-Key.",
     413: "The body is larger than the configured limit (it was not read).",
     422: "The request (body, query or header) is invalid; `errors` lists every problem.",
-    503: "The scheduler (or the store behind it) is unavailable; retry later.",
+    503: "The scheduler (or the store behind it) is unavailable, or the api serves as many "
+    "event streams as it may; retry later.",
 }
 
 
@@ -490,6 +528,31 @@ def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> 
                         "description": "false: the job's summary only, cheap to poll.",
                     },
                 ],
+            )
+        },
+        "/v1/jobs/{job_id}/events": {
+            "get": _operation(
+                "watchJob",
+                "The job's changes as server-sent events, until it finished",
+                "read",
+                auth,
+                {
+                    "200": {
+                        "description": "A text/event-stream: `retry: 2000`, then events, each "
+                        "with an `id`, an `event` name and one `data` line of JSON. `snapshot` "
+                        "(first; again after a reconnect): the job as GET /v1/jobs/{job_id} "
+                        "shows it. `node`: a node that changed, as in `nodes`, plus `job_id`. "
+                        "`job`: the summary changed (as with ?nodes=false). `end`: the job "
+                        "finished (its summary); the stream closes. A `: keepalive` comment "
+                        "comes at least every 15 s.",
+                        "headers": {
+                            "Cache-Control": {"schema": {"type": "string", "const": "no-store"}}
+                        },
+                        "content": {"text/event-stream": {"schema": _ref("JobStreamEvent")}},
+                    }
+                },
+                (404, 503),
+                parameters=[job_id],
             )
         },
         "/v1/jobs/{job_id}/cancel": {

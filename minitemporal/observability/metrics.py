@@ -105,6 +105,11 @@ class SchedulerMetrics:
             "Age of the oldest queued attempt: grows when nothing takes work.",
             registry=r,
         )
+        self.job_watches = Gauge(
+            P + "job_watches",
+            "WatchJob streams this scheduler serves (api event streams, all apis).",
+            registry=r,
+        )
         self.queue_rebuilds = Counter(
             P + "queue_rebuilds_total",
             "Times the ready queue was rebuilt from the store.",
@@ -162,6 +167,11 @@ class ApiMetrics:
             ["method", "route"],
             registry=r,
             buckets=RPC_BUCKETS,
+        )
+        self.event_streams = Gauge(
+            P + "http_event_streams",
+            "Open event streams (GET /v1/jobs/{id}/events) of this api.",
+            registry=r,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from minitemporal.domain.changes import JobEvent
 from minitemporal.domain.model import (
     Beat,
     ClaimedTask,
@@ -103,9 +105,7 @@ class SchedulerClient:
                 )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
-            if exc.code() in _REFUSED_CODES:
-                raise self._refusal(exc.details() or code) from None
-            raise decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata()) from None
+            raise self._error(exc) from None
         except StreamBroken as exc:
             # The stream itself ended: a refusal of our credentials, or a broken transport
             # (a scheduler stopping ends it with UNAVAILABLE, CANCELLED or even INTERNAL).
@@ -124,6 +124,12 @@ class SchedulerClient:
             self._metrics.client_seconds.labels(method).observe(time.perf_counter() - start)
         self.refused = None
         return reply
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> MinitemporalError:
+        """The domain error a failed call stands for."""
+        if exc.code() in _REFUSED_CODES:
+            return self._refusal(exc.details() or exc.code().name)
+        return decode_from_grpc(exc.code(), exc.details(), exc.trailing_metadata())
 
     def _refusal(self, details: str) -> CredentialsRejected:
         """The scheduler does not authorise users, only peers: a refusal means our own secret
@@ -177,6 +183,28 @@ class SchedulerClient:
         return convert.job_from_pb(
             await self._call("CancelJob", pb.CancelJobRequest(job_id=job_id))
         )
+
+    async def watch_job(self, job_id: str) -> tuple[JobEvent, JobWatch]:
+        """Open a watch of the job: its snapshot (errors, e.g. `NotFound`, are raised here,
+        within the call timeout), and the stream of its changes that follows."""
+        start = time.perf_counter()
+        call = self._stub.WatchJob(
+            pb.WatchJobRequest(job_id=job_id), metadata=self._metadata, wait_for_ready=self._wait
+        )
+        watch = JobWatch(self, call)
+        try:
+            first = await asyncio.wait_for(anext(watch), self._timeout)
+        except TimeoutError:
+            watch.cancel("DEADLINE_EXCEEDED")
+            raise Unavailable(f"scheduler at {self.address}: no answer in time") from None
+        except StopAsyncIteration:
+            raise Unavailable(f"scheduler at {self.address}: the watch ended at once") from None
+        except BaseException:
+            watch.cancel()
+            raise
+        self._metrics.client_seconds.labels("WatchJob").observe(time.perf_counter() - start)
+        self.refused = None
+        return first, watch
 
     # --- tasks
     async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
@@ -243,3 +271,42 @@ class SchedulerClient:
             raise Unavailable(
                 f"scheduler at {self.address} is not serving (its store or queue is down)"
             )
+
+
+class JobWatch:
+    """The changes of a watched job, as `JobEvent`s, until the job finished; a broken stream
+    raises the domain error of its status (`Unavailable` when a scheduler went away)."""
+
+    def __init__(self, client: SchedulerClient, call: Any) -> None:
+        self._client = client
+        self._call = call
+        self._done = False
+
+    def __aiter__(self) -> JobWatch:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            self._finish(exc.code().name)
+            raise self._client._error(exc) from None
+        if message is grpc.aio.EOF:
+            self._finish("OK")
+            raise StopAsyncIteration
+        event = convert.job_event_from_pb(message)
+        if event.finished:
+            self._finish("OK")  # the last message: the scheduler ends the stream
+        return event
+
+    def cancel(self, code: str = "CANCELLED") -> None:
+        """Stop watching (the scheduler sees the stream cancelled)."""
+        if not self._done:
+            self._finish(code)
+            self._call.cancel()
+
+    def _finish(self, code: str) -> None:
+        self._done = True
+        self._client._metrics.client_calls.labels("WatchJob", code).inc()

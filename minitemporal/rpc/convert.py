@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from minitemporal.domain.changes import JobEvent, summary
 from minitemporal.domain.model import (
     AttemptView,
     Beat,
@@ -131,31 +132,33 @@ def job_to_pb(job: JobView) -> pb.Job:
     _set_ts(msg, "created_at", job.created_at)
     _set_ts(msg, "finished_at", job.finished_at)
     for n in job.nodes:
-        node = msg.nodes.add(
-            id=n.id,
-            name=n.name,
-            command=n.command,
-            state=n.state.value,
-            retries=n.retries,
-            depends_on=list(n.depends_on),
-            attempt=n.attempt,
-            cached=n.cached,
-            explanation=n.explanation,
-        )
-        if n.timeout_seconds is not None:
-            node.timeout_seconds = n.timeout_seconds
-        if n.idempotency_key is not None:
-            node.idempotency_key = n.idempotency_key
-        if n.worker_id is not None:
-            node.worker_id = n.worker_id
-        if n.exit_code is not None:
-            node.exit_code = n.exit_code
-        for field in ("enqueued_at", "started_at", "finished_at", "next_attempt_at"):
-            _set_ts(node, field, getattr(n, field))
-        node.attempts.extend(_attempt_to_pb(a) for a in n.attempts)
-        if n.cached_result is not None:
-            node.cached_result.CopyFrom(_attempt_to_pb(n.cached_result))
+        _fill_node(msg.nodes.add(), n)
     return msg
+
+
+def _fill_node(node: pb.Node, n: NodeView) -> None:
+    node.id = n.id
+    node.name = n.name
+    node.command = n.command
+    node.state = n.state.value
+    node.retries = n.retries
+    node.depends_on.extend(n.depends_on)
+    node.attempt = n.attempt
+    node.cached = n.cached
+    node.explanation = n.explanation
+    if n.timeout_seconds is not None:
+        node.timeout_seconds = n.timeout_seconds
+    if n.idempotency_key is not None:
+        node.idempotency_key = n.idempotency_key
+    if n.worker_id is not None:
+        node.worker_id = n.worker_id
+    if n.exit_code is not None:
+        node.exit_code = n.exit_code
+    for field in ("enqueued_at", "started_at", "finished_at", "next_attempt_at"):
+        _set_ts(node, field, getattr(n, field))
+    node.attempts.extend(_attempt_to_pb(a) for a in n.attempts)
+    if n.cached_result is not None:
+        node.cached_result.CopyFrom(_attempt_to_pb(n.cached_result))
 
 
 def _attempt_to_pb(a: AttemptView) -> pb.Attempt:
@@ -188,33 +191,32 @@ def _attempt_from_pb(a: pb.Attempt) -> AttemptView:
     )
 
 
-def job_from_pb(m: pb.Job) -> JobView:
-    nodes = tuple(
-        NodeView(
-            id=n.id,
-            name=n.name,
-            command=n.command,
-            state=NodeState(n.state),
-            retries=n.retries,
-            timeout_seconds=n.timeout_seconds if n.HasField("timeout_seconds") else None,
-            idempotency_key=n.idempotency_key if n.HasField("idempotency_key") else None,
-            depends_on=tuple(n.depends_on),
-            attempt=n.attempt,
-            enqueued_at=from_ts(n, "enqueued_at"),
-            started_at=from_ts(n, "started_at"),
-            finished_at=from_ts(n, "finished_at"),
-            next_attempt_at=from_ts(n, "next_attempt_at"),
-            worker_id=n.worker_id if n.HasField("worker_id") else None,
-            exit_code=n.exit_code if n.HasField("exit_code") else None,
-            cached=n.cached,
-            explanation=n.explanation,
-            attempts=tuple(_attempt_from_pb(a) for a in n.attempts),
-            cached_result=(
-                _attempt_from_pb(n.cached_result) if n.HasField("cached_result") else None
-            ),
-        )
-        for n in m.nodes
+def _node_from_pb(n: pb.Node) -> NodeView:
+    return NodeView(
+        id=n.id,
+        name=n.name,
+        command=n.command,
+        state=NodeState(n.state),
+        retries=n.retries,
+        timeout_seconds=n.timeout_seconds if n.HasField("timeout_seconds") else None,
+        idempotency_key=n.idempotency_key if n.HasField("idempotency_key") else None,
+        depends_on=tuple(n.depends_on),
+        attempt=n.attempt,
+        enqueued_at=from_ts(n, "enqueued_at"),
+        started_at=from_ts(n, "started_at"),
+        finished_at=from_ts(n, "finished_at"),
+        next_attempt_at=from_ts(n, "next_attempt_at"),
+        worker_id=n.worker_id if n.HasField("worker_id") else None,
+        exit_code=n.exit_code if n.HasField("exit_code") else None,
+        cached=n.cached,
+        explanation=n.explanation,
+        attempts=tuple(_attempt_from_pb(a) for a in n.attempts),
+        cached_result=_attempt_from_pb(n.cached_result) if n.HasField("cached_result") else None,
     )
+
+
+def job_from_pb(m: pb.Job) -> JobView:
+    nodes = tuple(_node_from_pb(n) for n in m.nodes)
     created = from_ts(m, "created_at")
     return JobView(
         id=m.id,
@@ -226,6 +228,27 @@ def job_from_pb(m: pb.Job) -> JobView:
         node_counts=dict(m.node_counts),
         nodes=nodes,
         cancel_requested=m.cancel_requested,
+    )
+
+
+# --- watching a job
+def job_event_to_pb(event: JobEvent) -> pb.JobEvent:
+    if event.snapshot:
+        return pb.JobEvent(snapshot=job_to_pb(event.job))
+    msg = pb.JobEvent(summary=job_to_pb(summary(event.job)), summary_changed=event.summary_changed)
+    for n in event.nodes:
+        _fill_node(msg.nodes.add(), n)
+    return msg
+
+
+def job_event_from_pb(m: pb.JobEvent) -> JobEvent:
+    if m.WhichOneof("job") == "snapshot":
+        return JobEvent(job=job_from_pb(m.snapshot), snapshot=True)
+    return JobEvent(
+        job=job_from_pb(m.summary),
+        snapshot=False,
+        nodes=tuple(_node_from_pb(n) for n in m.nodes),
+        summary_changed=m.summary_changed,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -97,6 +98,38 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             return convert.job_to_pb(await self._s.cancel_job(request.job_id))
 
         return await self._run("CancelJob", context, body)
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Any
+    ) -> AsyncIterator[pb.JobEvent]:
+        """The job, then its changes. Errors end the stream with their status code (before
+        the first message: NOT_FOUND for no such job); the handling time measured is the
+        first message's, a stream's length being the watcher's business."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        first = True
+        try:
+            # aclosing: however this stream ends, the watch leaves the hub at once.
+            async with contextlib.aclosing(self._s.watch_job(request.job_id)) as events:
+                async for event in events:
+                    message = convert.job_event_to_pb(event)
+                    if first:
+                        first = False
+                        elapsed = time.perf_counter() - start
+                        self._m.server_seconds.labels("WatchJob").observe(elapsed)
+                    yield message
+        except MinitemporalError as exc:
+            code = exc.grpc_code
+            await context.abort(code, exc.detail, trailing_metadata=encode_for_grpc(exc))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the watcher went away
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("WatchJob failed")
+            await context.abort(code, "internal error")
+        finally:
+            self._m.server_calls.labels("WatchJob", code.name).inc()
 
     # --- task calls: unary, or as messages of a worker's session (same bodies)
     async def _claim(self, request: pb.ClaimTasksRequest) -> pb.ClaimTasksResponse:

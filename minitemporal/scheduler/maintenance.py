@@ -65,6 +65,7 @@ class Maintenance:
         while True:
             refs = await self.service.store.requeue_due_retries(limit=1000)
             if refs:
+                self.service.watch.poke()
                 self.service.metrics.retries.inc(len(refs))
                 await self.service.push(refs)
             if len(refs) < 1000:

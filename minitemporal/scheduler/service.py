@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime
 
+from minitemporal.domain.changes import JobEvent
 from minitemporal.domain.model import (
     Beat,
     ClaimedTask,
@@ -32,6 +33,7 @@ from minitemporal.errors import InvalidInput, Problem, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.metrics import SchedulerMetrics
 from minitemporal.queue.base import TaskQueue
+from minitemporal.scheduler.watch import WatchHub
 from minitemporal.store.base import Store
 
 log = logging.getLogger("minitemporal.scheduler")
@@ -47,6 +49,7 @@ class SchedulerService:
         lease_seconds: float,
         limits: Limits,
         failpoints: Failpoints | None = None,
+        watch: WatchHub | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -54,6 +57,8 @@ class SchedulerService:
         self.lease_seconds = lease_seconds
         self.limits = limits
         self.failpoints = failpoints or Failpoints(None)
+        # Told after every commit that may change a job (`poke`: O(1), no I/O).
+        self.watch = watch or WatchHub(store)
 
     async def push(self, refs: Sequence[TaskRef]) -> None:
         """Offer committed attempts to workers; on failure the reconciler will do it."""
@@ -77,6 +82,7 @@ class SchedulerService:
         if not result.created:
             return await self.store.get_job(result.job_id, include_nodes=False), False
         self.failpoints.hit("scheduler.after_submit_commit")
+        self.watch.poke()
         self.metrics.jobs_submitted.inc()
         await self.push(result.queued)
         log.info("job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)})
@@ -94,6 +100,10 @@ class SchedulerService:
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         return await self.store.get_job(job_id, include_nodes=include_nodes)
 
+    def watch_job(self, job_id: str) -> AsyncGenerator[JobEvent, None]:
+        """The job, then its changes until it finished (`NotFound` first if there is none)."""
+        return self.watch.watch(job_id)
+
     async def list_jobs(self, *, limit: int, cursor: str | None, status: str | None) -> JobPage:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(
@@ -110,6 +120,7 @@ class SchedulerService:
 
     async def cancel_job(self, job_id: str) -> JobView:
         result = await self.store.cancel_job(job_id)
+        self.watch.poke()
         # A stale queue entry is harmless (dropped at claim: the node is no longer queued).
         with contextlib.suppress(Unavailable):
             await self.queue.remove(result.withdrawn)
@@ -123,6 +134,8 @@ class SchedulerService:
     # --- attempts
     async def claim(self, worker_id: str, refs: Sequence[TaskRef]) -> list[ClaimedTask]:
         claimed = await self.store.claim(worker_id, refs, self.lease_seconds)
+        if claimed:
+            self.watch.poke()
         if len(claimed) < len(refs):
             self.metrics.claims_rejected.inc(len(refs) - len(claimed))
         return claimed
@@ -132,12 +145,15 @@ class SchedulerService:
         place at the front of the queue (they were first in line when popped)."""
         released = await self.store.release(worker_id, refs)
         if released:
+            self.watch.poke()
             with contextlib.suppress(Unavailable):  # the reconciler pushes them otherwise
                 await self.queue.push([(r, 0.0) for r in released])
         return released
 
     async def heartbeat(self, worker_id: str, beats: Sequence[Beat]) -> HeartbeatResult:
         result = await self.store.heartbeat(worker_id, beats, self.lease_seconds)
+        if beats or result.lost or result.queued or result.finished_jobs:  # start times, too
+            self.watch.poke()
         if result.lost:
             self.metrics.reports_rejected.labels("heartbeat").inc(len(result.lost))
         await self.push(result.queued)
@@ -155,6 +171,7 @@ class SchedulerService:
         outcome = await self.store.complete(
             worker_id, results, want=want, claim=claim, lease_seconds=self.lease_seconds
         )
+        self.watch.poke()
         handed = {t.ref for t in outcome.claimed}
         if len([r for r in claim if r in handed]) < len(claim[:want]):
             self.metrics.claims_rejected.inc(
@@ -183,6 +200,8 @@ class SchedulerService:
 
     async def record_lost(self, swept: SweepResult) -> None:
         """Count what the lease sweep gave up on and push what it made ready."""
+        if swept.lost or swept.timed_out or swept.queued or swept.finished_jobs:
+            self.watch.poke()
         m = self.metrics
         if swept.lost:
             m.failures.labels(Outcome.LOST.value).inc(len(swept.lost))

@@ -18,6 +18,7 @@ from tests.support.api import Api, node
 from tests.support.procs import ROOT, Cluster, Proc, minitemporal_command
 from tests.support.security import token
 from tests.support.services import free_port
+from tests.support.sse import EventStream
 from tests.support.topology import start_split, wait_for
 
 
@@ -129,6 +130,22 @@ def test_each_scope_allows_what_it_names(secured: Secured) -> None:
     assert reader.http.delete(f"/v1/jobs/{job_id}").status_code == 405
     assert secured.api(None).http.delete(f"/v1/jobs/{job_id}").status_code == 401
     assert secured.api(None).http.get("/v2/nothing").status_code == 404
+
+
+def test_event_streams_need_the_read_scope(secured: Secured) -> None:
+    job_id = secured.api("ci").submit({"name": "watched", "nodes": [node("a")]})
+    with EventStream.open(secured.url, job_id) as anonymous:
+        _problem(anonymous.read(), 401, "unauthenticated")
+    with EventStream.open(secured.url, job_id, token=secured.tokens["submitter"]) as submitter:
+        _problem(submitter.read(), 403, "forbidden")
+        assert 'scope="read"' in submitter.response.headers["www-authenticate"]
+    with EventStream.open(secured.url, job_id, token="mt_forged") as forged:
+        _problem(forged.read(), 401, "unauthenticated")
+    with EventStream.open(secured.url, job_id, token=secured.tokens["reader"]) as reader:
+        assert reader.status == 200
+        events = reader.events()
+    assert events[0].name == "snapshot" and events[-1].name == "end"
+    assert events[-1].data["status"] == "succeeded"
 
 
 def test_probes_stay_open_and_metrics_follow_the_setting(secured: Secured) -> None:

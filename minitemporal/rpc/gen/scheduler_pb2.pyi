@@ -102,6 +102,24 @@ class CancelJobRequest(_message.Message):
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("snapshot", "summary", "nodes", "summary_changed")
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    snapshot: Job
+    summary: Job
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    summary_changed: bool
+    def __init__(self, snapshot: _Optional[_Union[Job, _Mapping]] = ..., summary: _Optional[_Union[Job, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., summary_changed: _Optional[bool] = ...) -> None: ...
+
 class Output(_message.Message):
     __slots__ = ("tail", "total_bytes")
     TAIL_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class SchedulerStub:
                 request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.Job.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/minitemporal.v1.Scheduler/WatchJob',
+                request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.JobEvent.FromString,
+                _registered_method=True)
         self.ClaimTasks = channel.unary_unary(
                 '/minitemporal.v1.Scheduler/ClaimTasks',
                 request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.ClaimTasksRequest.SerializeToString,
@@ -106,6 +111,14 @@ class SchedulerServicer:
 
     def CancelJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job as it changes: the whole job first, then what changed, until it finishes (the
+        stream ends after the message that says so). NOT_FOUND before any message if no such job.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -166,6 +179,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.CancelJobRequest.FromString,
                     response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.WatchJobRequest.FromString,
+                    response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.JobEvent.SerializeToString,
             ),
             'ClaimTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ClaimTasks,
@@ -301,6 +319,33 @@ class Scheduler:
             '/minitemporal.v1.Scheduler/CancelJob',
             minitemporal_dot_v1_dot_scheduler__pb2.CancelJobRequest.SerializeToString,
             minitemporal_dot_v1_dot_scheduler__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/minitemporal.v1.Scheduler/WatchJob',
+            minitemporal_dot_v1_dot_scheduler__pb2.WatchJobRequest.SerializeToString,
+            minitemporal_dot_v1_dot_scheduler__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,

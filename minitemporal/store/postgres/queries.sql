@@ -402,3 +402,8 @@ SELECT
      WHERE last_seen_at > clock_timestamp() - make_interval(secs => %(window)s)) AS workers_alive,
     COALESCE((SELECT extract(epoch FROM clock_timestamp() - min(enqueued_at))::double precision
               FROM nodes WHERE state = 'queued'), 0) AS oldest_queued_age;
+
+-- name: read_snapshot
+-- The first statement of every read: its later statements see one snapshot (a job's row, its
+-- node counts and its nodes agree, as watchers of the job compare them), and write nothing.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;

@@ -154,7 +154,14 @@ class PostgresStore(SqlStore):
         return await self._tx(lambda conn: body(_PgTx(self._q, conn)), single=single)
 
     async def _read(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        return await self._write(body)  # a pooled connection reads as well as it writes
+        """One snapshot for all of `body`'s statements (READ COMMITTED would let a job's
+        counts and nodes come from different commits)."""
+
+        async def snapshot(conn: Conn) -> T:
+            await conn.execute(self._q["read_snapshot"])
+            return await body(_PgTx(self._q, conn))
+
+        return await self._tx(snapshot)
 
 
 class _PgTx(Tx):
