@@ -20,6 +20,7 @@ import falcon.asgi
 
 from minitemporal.api import serialize
 from minitemporal.api.auth import AuthMiddleware, TokenSet
+from minitemporal.api.dashboard import AssetResource, IndexResource, load_assets
 from minitemporal.api.events import EventStreams
 from minitemporal.api.openapi import OpenApiResource, build_openapi
 from minitemporal.api.problems import install_problem_handlers
@@ -267,6 +268,9 @@ def create_app(deps: ApiDeps) -> falcon.asgi.App:
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.keep_blank_qs_values = True  # `?limit=` is a bad limit, not "no limit given"
     install_problem_handlers(app)
+    assets = load_assets()
+    app.add_route("/", IndexResource(assets))
+    app.add_route("/ui/{name}", AssetResource(assets))
     app.add_route("/v1/jobs", JobsResource(deps))
     app.add_route("/v1/jobs/{job_id}", JobResource(deps))
     app.add_route("/v1/jobs/{job_id}/cancel", CancelResource(deps))
@@ -284,5 +288,7 @@ def create_app(deps: ApiDeps) -> falcon.asgi.App:
 
 
 def open_routes(metrics_auth: bool) -> set[str]:
-    """Routes that need no token: probes, the API's description, and maybe /metrics."""
-    return {"/healthz", "/openapi.json"} | (set() if metrics_auth else {"/metrics"})
+    """Routes that need no token: probes, the API's description, the dashboard's files (they
+    hold no data: the page asks for a token to fetch it), and maybe /metrics."""
+    always = {"/healthz", "/openapi.json", "/", "/ui/{name}"}
+    return always | (set() if metrics_auth else {"/metrics"})

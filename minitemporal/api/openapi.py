@@ -15,6 +15,7 @@ import falcon
 import falcon.asgi
 
 from minitemporal import __version__
+from minitemporal.api.dashboard import ASSETS, INDEX
 from minitemporal.domain.model import JobStatus, NodeState
 from minitemporal.domain.validation import (
     ENV_NAME,
@@ -393,6 +394,46 @@ def _operation(
     return operation
 
 
+def _dashboard_paths(auth: bool) -> dict[str, Any]:
+    """`/` and `/ui/{name}`: the web dashboard's page and files, open (they hold no data)."""
+
+    def served(types: set[str]) -> dict[str, Any]:
+        cached = {
+            "ETag": {"schema": {"type": "string"}},
+            "Cache-Control": {"schema": {"type": "string"}},
+            "Content-Security-Policy": {"schema": {"type": "string"}},
+        }
+        content = {t.split(";")[0]: {"schema": {"type": "string"}} for t in sorted(types)}
+        return {
+            "200": {"description": "The file.", "headers": cached, "content": content},
+            "304": {"description": "Not modified (If-None-Match).", "headers": cached},
+        }
+
+    if_none_match = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}
+    names = sorted(n for n in ASSETS if n != INDEX)
+    ui = _operation("dashboardFile", "A file of the web dashboard", None, auth, {}, ())
+    ui["responses"] = {
+        **served({ASSETS[n] for n in names}),
+        "404": {
+            "description": "No such file.",
+            "content": {PROBLEM: {"schema": _ref("Problem")}},
+        },
+    }
+    ui["parameters"] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": names},
+        },
+        if_none_match,
+    ]
+    index = _operation("dashboard", "The web dashboard (HTML)", None, auth, {}, ())
+    index["responses"] = served({ASSETS[INDEX]})
+    index["parameters"] = [if_none_match]
+    return {"/": {"get": index}, "/ui/{name}": {"get": ui}}
+
+
 def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> dict[str, Any]:
     job_id = {
         "name": "job_id",
@@ -563,6 +604,7 @@ def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> 
                 (),
             )
         },
+        **_dashboard_paths(auth),
     }
     document: dict[str, Any] = {
         "openapi": "3.1.0",
