@@ -197,9 +197,9 @@ def test_streams_are_capped_and_their_slots_come_back(system: System) -> None:
         assert stream.events()[-1].data["status"] == "cancelled"
 
 
+# Only where the scheduler has a process of its own: in one process the api stops with it.
+@pytest.mark.parametrize("system", ["split"], indirect=True)
 def test_a_scheduler_restart_mid_stream_sends_a_new_snapshot(system: System) -> None:
-    if system.topology != "split":
-        pytest.skip("one process: the api stops with its scheduler")
     job_id = system.api.submit(
         {"name": "restart", "nodes": [node("a", "sleep 2"), node("b", "true", ["a"])]}
     )
