@@ -233,6 +233,8 @@ class Runtime:
                 await self.stopping.wait()
                 log.info("stopping")
                 await worker_done.wait()
+                if "worker" in self.roles and self.client is not None:
+                    await self.client.end_session()
                 if self.events is not None:
                     self.events.close()  # uvicorn would wait for open streams
                 if self.http is not None:

@@ -85,6 +85,12 @@ class SchedulerClient:
             Session(self._stub, self._metadata, wait=wait_for_ready) if session else None
         )
 
+    async def end_session(self) -> None:
+        """End the worker's stream once the worker stopped: a scheduler that is stopping
+        would otherwise wait out its grace period for it."""
+        if self._session is not None:
+            await self._session.close()
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
