@@ -106,6 +106,8 @@ class IndexResource:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         _send(req, resp, self._index)
 
+    on_head = on_get  # `curl -I` and uptime checks: the headers, no body (falcon drops it)
+
 
 class AssetResource:
     """`/ui/{name}`: the page's scripts, style sheet and icon; nothing else."""
@@ -118,3 +120,5 @@ class AssetResource:
         if asset is None or name == INDEX:
             raise NotFound(f"no dashboard file {name[:80]!r}")
         _send(req, resp, asset)
+
+    on_head = on_get

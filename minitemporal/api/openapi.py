@@ -431,7 +431,24 @@ def _dashboard_paths(auth: bool) -> dict[str, Any]:
     index = _operation("dashboard", "The web dashboard (HTML)", None, auth, {}, ())
     index["responses"] = served({ASSETS[INDEX]})
     index["parameters"] = [if_none_match]
-    return {"/": {"get": index}, "/ui/{name}": {"get": ui}}
+    return {
+        "/": {"get": index, "head": _head(index, "dashboardHead")},
+        "/ui/{name}": {"get": ui, "head": _head(ui, "dashboardFileHead")},
+    }
+
+
+def _head(get: dict[str, Any], operation_id: str) -> dict[str, Any]:
+    """HEAD of a GET: the same statuses and headers, no body."""
+    responses = {
+        status: {k: v for k, v in response.items() if k != "content"}
+        for status, response in get["responses"].items()
+    }
+    return {
+        **get,
+        "operationId": operation_id,
+        "summary": get["summary"] + " (headers only)",
+        "responses": responses,
+    }
 
 
 def build_openapi(limits: Limits, *, auth: bool, metrics_auth: bool = False) -> dict[str, Any]:

@@ -173,6 +173,11 @@ def test_files_are_served_with_strict_headers_and_revalidation(dash: Dash) -> No
     assert index.headers["cache-control"] == "no-cache"
     again = httpx.get(dash.url + "/", headers={"If-None-Match": index.headers["etag"]}, timeout=10)
     assert again.status_code == 304 and again.content == b""
+    head = httpx.head(dash.url + "/", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["etag"] == index.headers["etag"]
+    assert head.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert httpx.head(dash.url + "/ui/nothing.js", timeout=10).status_code == 404
 
     for name, content_type in ASSETS.items():
         if name == INDEX:

@@ -30,7 +30,7 @@ from tests.conftest import fresh_cluster
 from tests.support.security import token
 from tests.support.services import free_port
 
-METHODS = ("get", "post", "put", "patch", "delete")
+METHODS = ("get", "head", "post", "put", "patch", "delete")
 
 
 def _routes(app: Any) -> dict[str, set[str]]:
