@@ -233,7 +233,7 @@ class Runtime:
                 await self.stopping.wait()
                 log.info("stopping")
                 await worker_done.wait()
-                if "worker" in self.roles and self.client is not None:
+                if self.client is not None:  # only a worker's client has a session
                     await self.client.end_session()
                 if self.events is not None:
                     self.events.close()  # uvicorn would wait for open streams

@@ -92,8 +92,7 @@ class SchedulerClient:
             await self._session.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.end_session()
         await self._channel.close()
 
     async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:

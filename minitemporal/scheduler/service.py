@@ -172,11 +172,11 @@ class SchedulerService:
             worker_id, results, want=want, claim=claim, lease_seconds=self.lease_seconds
         )
         self.watch.poke()
-        handed = {t.ref for t in outcome.claimed}
-        if len([r for r in claim if r in handed]) < len(claim[:want]):
-            self.metrics.claims_rejected.inc(
-                len(claim[:want]) - len([r for r in claim if r in handed])
-            )
+        if claim:
+            handed = {t.ref for t in outcome.claimed}
+            lost = len(claim[:want]) - sum(r in handed for r in claim)
+            if lost > 0:
+                self.metrics.claims_rejected.inc(lost)
         if outcome.queued or outcome.claimed:
             self.failpoints.hit("scheduler.after_complete_commit")
         await self.push(outcome.queued)
