@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import grpc
 import uvicorn
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from grpc_health.v1._async import HealthServicer
 
 from minitemporal.api.app import SCOPES, ApiDeps, create_app, open_routes
@@ -213,7 +213,7 @@ class Runtime:
                 self.health.add("scheduler", self.client.check_health)
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_signals, tg)
+                await tg.start(self._watch_signals, tg)  # handled from here on, not fatal
                 tg.start_soon(self._serve_http)
                 if self.store is not None and self.queue is not None:
                     service = await self._start_scheduler(
@@ -417,8 +417,11 @@ class Runtime:
             log.error("could not listen on %s:%s", host, port)
             self.stopping.set()
 
-    async def _watch_signals(self, tg: TaskGroup) -> None:
+    async def _watch_signals(
+        self, tg: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 if not self.stopping.is_set():
                     log.info("received %s: stopping gracefully", signal.Signals(signum).name)

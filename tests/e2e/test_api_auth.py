@@ -216,6 +216,12 @@ def test_insecure_no_auth_is_loud_at_every_start(tmp_path: Path) -> None:
                 timeout=30,
                 what=f"the warning of start {starts}",
             )
+            # Stopped once running: a SIGTERM before then is not a graceful stop.
+            wait_for(
+                lambda n=starts: proc.log().count("minitemporal running") == n,
+                timeout=30,
+                what=f"start {starts}",
+            )
             assert proc.stop() == 0
     finally:
         cluster.stop_all()
