@@ -29,9 +29,16 @@ class TaskQueue(abc.ABC):
         were new."""
 
     @abc.abstractmethod
-    async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
+    async def pop(
+        self, max_items: int, timeout: float, *, wake: str | None = None
+    ) -> list[TaskRef]:
         """Take up to `max_items` lowest-score refs, waiting up to `timeout` s for the first
-        (`timeout` 0: take what is there, without waiting)."""
+        (`timeout` 0: take what is there, without waiting). With `wake`, a `wake(name)` call
+        for that name (before or during the wait) ends it early, empty."""
+
+    @abc.abstractmethod
+    async def wake(self, name: str) -> None:
+        """End the waiting pop of that name now, or the next one (an alarm, not a message)."""
 
     @abc.abstractmethod
     async def remove(self, refs: Sequence[TaskRef]) -> None: ...

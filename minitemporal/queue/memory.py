@@ -21,6 +21,7 @@ class MemoryQueue(TaskQueue):
         self._members: dict[TaskRef, float] = {}
         self._changed: anyio.Event | None = None  # shared by every waiting pop
         self._epoch_claimed = False
+        self._alarms: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -51,7 +52,9 @@ class MemoryQueue(TaskQueue):
                 out.append(ref)
         return out
 
-    async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
+    async def pop(
+        self, max_items: int, timeout: float, *, wake: str | None = None
+    ) -> list[TaskRef]:
         if timeout <= 0:
             return self._take(max_items)
         with anyio.move_on_after(timeout):
@@ -59,12 +62,20 @@ class MemoryQueue(TaskQueue):
                 taken = self._take(max_items)
                 if taken:
                     return taken
+                if wake is not None and wake in self._alarms:
+                    self._alarms.discard(wake)
+                    return []
                 # Every waiter waits on the same event, so one push wakes them all: a fresh
                 # event per waiter would leave the earlier ones asleep beside a full queue.
                 if self._changed is None or self._changed.is_set():
                     self._changed = anyio.Event()
                 await self._changed.wait()
         return []
+
+    async def wake(self, name: str) -> None:
+        self._alarms.add(name)
+        if self._changed is not None:
+            self._changed.set()
 
     async def remove(self, refs: Sequence[TaskRef]) -> None:
         for ref in refs:

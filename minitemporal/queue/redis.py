@@ -26,6 +26,7 @@ class RedisQueue(TaskQueue):
 
     def __init__(self, url: str, *, prefix: str = "minitemporal", op_timeout: float = 2.0) -> None:
         self._url = url
+        self._prefix = prefix
         self._ready = f"{prefix}:ready"
         self._marker = f"{prefix}:epoch"
         self._op_timeout = op_timeout
@@ -71,15 +72,23 @@ class RedisQueue(TaskQueue):
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 
-    async def pop(self, max_items: int, timeout: float) -> list[TaskRef]:
+    def _alarm(self, name: str) -> str:
+        return f"{self._prefix}:wake:{name}"
+
+    async def pop(
+        self, max_items: int, timeout: float, *, wake: str | None = None
+    ) -> list[TaskRef]:
         try:
             if timeout <= 0:  # BZMPOP's 0 would mean "forever"
                 members = await self._client().zpopmin(self._ready, max_items)
             else:
+                # The alarm is a second sorted set: BZMPOP takes from the first non-empty key,
+                # so work already queued wins over an alarm (which then ends the next wait).
+                keys = [self._ready] if wake is None else [self._ready, self._alarm(wake)]
                 reply = await self._client(blocking=True).bzmpop(
-                    timeout, 1, [self._ready], min=True, count=max_items
+                    timeout, len(keys), keys, min=True, count=max_items
                 )
-                members = reply[1] if reply else []
+                members = reply[1] if reply and _text(reply[0]) == self._ready else []
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         except RedisError as exc:
@@ -91,6 +100,12 @@ class RedisQueue(TaskQueue):
             except ValueError:
                 continue  # not ours: whoever writes junk into Redis cannot make us crash
         return refs
+
+    async def wake(self, name: str) -> None:
+        try:
+            await self._client().zadd(self._alarm(name), {"wake": 0})
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 
     async def remove(self, refs: Sequence[TaskRef]) -> None:
         if not refs:
@@ -112,3 +127,7 @@ class RedisQueue(TaskQueue):
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         return bool(created)
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key

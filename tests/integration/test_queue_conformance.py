@@ -175,3 +175,32 @@ async def test_pop_with_no_timeout_takes_what_is_there(queue: TaskQueue) -> None
 
 async def test_every_backend_names_its_kind(queue: TaskQueue) -> None:
     assert queue.kind in ("redis", "in-process queue")
+
+
+async def test_a_wake_ends_a_waiting_pop_early_and_empty(backend: QueueBackend) -> None:
+    q = backend.queue
+    async with anyio.create_task_group() as tg:
+        got: list[list[TaskRef]] = []
+
+        async def pop() -> None:
+            got.append(await q.pop(3, 10.0, wake="w1"))
+
+        start = time.monotonic()
+        tg.start_soon(pop)
+        await anyio.sleep(0.1)
+        await q.wake("w2")  # someone else's alarm: not ours
+        await anyio.sleep(0.1)
+        assert got == []
+        await q.wake("w1")
+    assert got == [[]] and time.monotonic() - start < 5, "ended by the alarm, not the timeout"
+    await q.wake("w1")  # an alarm with no pop waiting ends the next one at once
+    start = time.monotonic()
+    assert await q.pop(3, 10.0, wake="w1") == []
+    assert time.monotonic() - start < 5
+    await q.push([(TaskRef(1, 1), 1.0)])
+    await q.wake("w1")
+    assert await q.pop(3, 10.0, wake="w1") == [TaskRef(1, 1)], "queued work wins over an alarm"
+    assert await q.pop(3, 10.0, wake="w1") == [], "the alarm is still there for the next pop"
+    start = time.monotonic()
+    assert await q.pop(3, 0.3, wake="w1") == []
+    assert time.monotonic() - start > 0.2, "and then gone: this pop waits out its time"
