@@ -129,6 +129,9 @@ class Session:
             with contextlib.suppress(Exception):
                 await call.done_writing()
             call.cancel()
+        for future in self._pending.values():  # calls still waiting end now, not at timeout
+            if not future.done():
+                future.set_exception(StreamBroken(None))
         if reader is not None:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
