@@ -211,6 +211,8 @@ class SubmitResult:
     queued: tuple[TaskRef, ...] = ()
     created_at: datetime | None = None
     node_counts: dict[str, int] = field(default_factory=dict)  # by state, after submission
+    # Per `assign` entry of the submission, in order: the attempts claimed for that worker.
+    claimed: tuple[tuple[ClaimedTask, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

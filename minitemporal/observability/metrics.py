@@ -95,6 +95,13 @@ class SchedulerMetrics:
         self.queue_depth = Gauge(
             P + "queue_depth", "Attempts waiting in the ready queue.", registry=r
         )
+        self.dispatched = Counter(
+            P + "tasks_dispatched_total",
+            "Ready nodes of new jobs, by how they reached a worker: `offer` (claimed for an idle "
+            "worker in the submission's transaction) or `queue` (pushed to the ready queue).",
+            ["via"],
+            registry=r,
+        )
         self.tasks_running = Gauge(P + "tasks_running", "Attempts running now.", registry=r)
         self.workers_alive = Gauge(
             P + "workers_alive", "Workers that heartbeated within one lease.", registry=r
@@ -147,7 +154,8 @@ class WorkerMetrics:
         )
         self.claims = Counter(
             P + "worker_claims_total",
-            "Refs popped and claimed, by result (won, lost).",
+            "Attempts taken: refs popped and claimed (won, lost), or claimed for this worker "
+            "by a submission that answered its offer of idle slots (offered).",
             ["result"],
             registry=r,
         )

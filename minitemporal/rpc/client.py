@@ -255,6 +255,28 @@ class SchedulerClient:
         )
         return list(reply.accepted), [convert.task_from_pb(t) for t in reply.tasks]
 
+    @property
+    def can_offer(self) -> bool:
+        """Offers of slots need a session: they live as long as its stream."""
+        return self._session is not None
+
+    async def offer(self, worker_id: str, slots: int, wait_seconds: float) -> list[ClaimedTask]:
+        """Offer idle slots until a submission claims work for them (returned), the offer is
+        withdrawn or `wait_seconds` pass (empty)."""
+        reply = await self._call(
+            "OfferSlots",
+            pb.OfferRequest(worker_id=worker_id, slots=slots, wait_seconds=wait_seconds),
+            timeout=wait_seconds + self._timeout,
+        )
+        return [convert.task_from_pb(t) for t in reply.tasks]
+
+    async def withdraw_offer(self, worker_id: str) -> None:
+        await self._call(
+            "WithdrawOffer",
+            pb.WithdrawOfferRequest(worker_id=worker_id),
+            timeout=min(self._timeout, 2.0),
+        )
+
     async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
         reply = await self._call(
             "ReleaseTasks",

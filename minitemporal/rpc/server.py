@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from minitemporal.domain.model import ClaimedTask
 from minitemporal.errors import InvalidInput, MinitemporalError, encode_for_grpc
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
@@ -164,6 +165,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         released = await self._s.release(request.worker_id, refs)
         return pb.ReleaseTasksResponse(released=[convert.ref_to_pb(r) for r in released])
 
+    async def _withdraw(self, request: pb.WithdrawOfferRequest) -> pb.WithdrawOfferResponse:
+        return pb.WithdrawOfferResponse(withdrawn=self._s.withdraw_offer(request.worker_id))
+
     async def ClaimTasks(
         self, request: pb.ClaimTasksRequest, context: Any
     ) -> pb.ClaimTasksResponse:
@@ -189,17 +193,39 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         not hold up a heartbeat behind it."""
         replies: asyncio.Queue[pb.SessionReply | None] = asyncio.Queue()
         handling: set[asyncio.Task[None]] = set()
+        offers: set[asyncio.Task[None]] = set()
 
         async def answer(request: pb.SessionRequest) -> None:
             replies.put_nowait(await self._session_reply(request))
 
+        async def stand_offer(request: pb.SessionRequest) -> None:
+            # Answered straight into the stream by the submission that claims for it: the
+            # worker waits on this reply to start a new job's first node.
+            def deliver(tasks: list[ClaimedTask]) -> None:
+                reply = pb.ClaimTasksResponse(
+                    tasks=[convert.task_to_pb(t) for t in tasks],
+                    lease_seconds=self._s.lease_seconds,
+                )
+                replies.put_nowait(pb.SessionReply(id=request.id, offer=reply))
+
+            offer = request.offer
+            slots = max(0, min(offer.slots, 1024))
+            self._m.server_calls.labels("OfferSlots", grpc.StatusCode.OK.name).inc()
+            await self._s.offer(offer.worker_id, slots, offer.wait_seconds, deliver)
+
         async def read() -> None:
             try:
                 async for request in requests:
-                    task = asyncio.create_task(answer(request))
+                    offer = request.WhichOneof("call") == "offer"
+                    task = asyncio.create_task((stand_offer if offer else answer)(request))
                     handling.add(task)
                     task.add_done_callback(handling.discard)
+                    if offer:
+                        offers.add(task)
+                        task.add_done_callback(offers.discard)
             finally:
+                for task in offers:  # no one will take their answers: lapse them now
+                    task.cancel()
                 if handling:
                     await asyncio.gather(*handling, return_exceptions=True)
                 replies.put_nowait(None)
@@ -244,6 +270,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             "heartbeat": ("Heartbeat", self._heartbeat),
             "complete": ("CompleteTasks", self._complete),
             "release": ("ReleaseTasks", self._release),
+            # Only in a session: an offer (`stand_offer`) lives as long as its stream.
+            "withdraw": ("WithdrawOffer", self._withdraw),
         }
 
 

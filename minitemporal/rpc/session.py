@@ -28,6 +28,9 @@ FIELDS = {
     "Heartbeat": "heartbeat",
     "CompleteTasks": "complete",
     "ReleaseTasks": "release",
+    # No unary method: an idle worker's offer of slots lives as long as its session.
+    "OfferSlots": "offer",
+    "WithdrawOffer": "withdraw",
 }
 
 

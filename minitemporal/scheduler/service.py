@@ -7,10 +7,11 @@ the node is durable as `queued` and the reconciler pushes it again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime
 
 from minitemporal.domain.changes import JobEvent
@@ -33,6 +34,7 @@ from minitemporal.errors import InvalidInput, Problem, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.metrics import SchedulerMetrics
 from minitemporal.queue.base import TaskQueue
+from minitemporal.scheduler.offers import Offers
 from minitemporal.scheduler.watch import WatchHub
 from minitemporal.store.base import Store
 
@@ -59,6 +61,8 @@ class SchedulerService:
         self.failpoints = failpoints or Failpoints(None)
         # Told after every commit that may change a job (`poke`: O(1), no I/O).
         self.watch = watch or WatchHub(store)
+        # Idle workers' offers of slots: new jobs' ready nodes go straight to them.
+        self.offers = Offers()
 
     async def push(self, refs: Sequence[TaskRef]) -> None:
         """Offer committed attempts to workers; on failure the reconciler will do it."""
@@ -76,14 +80,38 @@ class SchedulerService:
     ) -> tuple[JobView, bool]:
         # The api validated already; validate again: gRPC callers are not all the api.
         spec = _revalidate(spec, self.limits)
-        result = await self.store.submit_job(
-            spec, idempotency_key=idempotency_key, request_digest=request_digest
-        )
+        ready = sum(1 for n in spec.nodes if not n.depends_on and not n.idempotency_key)
+        offers = self.offers.take(ready)
+        try:
+            result = await self.store.submit_job(
+                spec,
+                idempotency_key=idempotency_key,
+                request_digest=request_digest,
+                assign=[(o.worker_id, o.slots) for o in offers],
+                lease_seconds=self.lease_seconds,
+            )
+        except BaseException:
+            self.offers.put_back(offers)
+            raise
         if not result.created:
+            self.offers.put_back(offers)
             return await self.store.get_job(result.job_id, include_nodes=False), False
         self.failpoints.hit("scheduler.after_submit_commit")
+        # Answer the offers first: their workers start these while the rest is pushed.
+        unused = []
+        for offer, tasks in zip(offers, result.claimed, strict=True):
+            if tasks:
+                offer.answer(tasks)
+                self.metrics.dispatched.labels("offer").inc(len(tasks))
+            else:
+                unused.append(offer)
+        self.offers.put_back(unused)
+        if len(unused) < len(offers):
+            # Let the sessions send those answers before this one: a worker waits on them.
+            await asyncio.sleep(0)
         self.watch.poke()
         self.metrics.jobs_submitted.inc()
+        self.metrics.dispatched.labels("queue").inc(len(result.queued))
         await self.push(result.queued)
         log.info("job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)})
         view = JobView(
@@ -139,6 +167,20 @@ class SchedulerService:
         if len(claimed) < len(refs):
             self.metrics.claims_rejected.inc(len(refs) - len(claimed))
         return claimed
+
+    async def offer(
+        self,
+        worker_id: str,
+        slots: int,
+        wait_seconds: float,
+        deliver: Callable[[list[ClaimedTask]], None],
+    ) -> None:
+        """Stand an idle worker's offer of slots until it is answered through `deliver`
+        (with the attempts a submission claimed for it, or empty)."""
+        await self.offers.stand(worker_id, slots, wait_seconds, deliver)
+
+    def withdraw_offer(self, worker_id: str) -> int:
+        return self.offers.withdraw(worker_id)
 
     async def release(self, worker_id: str, refs: Sequence[TaskRef]) -> list[TaskRef]:
         """Queue again attempts a worker claimed ahead and did not start; they keep their

@@ -54,11 +54,16 @@ class Store(abc.ABC):
         *,
         idempotency_key: str | None = None,
         request_digest: str | None = None,
+        assign: Sequence[tuple[str, int]] = (),
+        lease_seconds: float = 0.0,
     ) -> SubmitResult:
         """Store the job and its nodes, and queue its root nodes, in one transaction.
 
         With an idempotency key already used: the same digest returns the existing job
         (created=False); a different digest raises `Conflict`.
+
+        `assign`: (worker, slots) pairs, idle workers' offers. In the same transaction the
+        first ready roots are claimed for them, in order (as `claim` would); the rest queued.
         """
 
     @abc.abstractmethod

@@ -127,11 +127,13 @@ class Tx(abc.ABC):
         key: str | None,
         digest: str | None,
         nodes: list[Row],
+        lease: float = 0.0,
     ) -> tuple[datetime, list[Row]] | None:
         """Insert a running job, its nodes (see `node_rows`) and their edges: nodes with
-        `queue` are queued as attempt 1, the others pending. The job's created_at and the
-        node rows (id, attempt, state, deps_pending), or None if the idempotency key is taken
-        (then nothing is inserted)."""
+        `queue` are queued as attempt 1, the others pending; a queued node with a `worker` is
+        claimed for that worker at once (running, leased for `lease` s, its attempt row). The
+        job's created_at and the node rows (id, attempt, state, deps_pending), or None if the
+        idempotency key is taken (then nothing is inserted)."""
 
     @abc.abstractmethod
     async def job_by_idempotency_key(self, key: str) -> Row | None:
@@ -332,13 +334,22 @@ class SqlStore(Store):
         *,
         idempotency_key: str | None = None,
         request_digest: str | None = None,
+        assign: Sequence[tuple[str, int]] = (),
+        lease_seconds: float = 0.0,
     ) -> SubmitResult:
         job_id = uuid.uuid4()
         nodes = node_rows(spec)
+        # Idle workers' offers take the first ready roots, in order.
+        offered = iter([worker for worker, slots in assign for _ in range(slots)])
+        for row in nodes:
+            if row["queue"]:
+                row["worker"] = next(offered, None)
 
         async def body(tx: Tx) -> SubmitResult:
             digest = request_digest if idempotency_key else None
-            done = await tx.insert_job(job_id, spec.name, idempotency_key, digest, nodes)
+            done = await tx.insert_job(
+                job_id, spec.name, idempotency_key, digest, nodes, lease_seconds
+            )
             if done is None:  # the idempotency key is taken
                 existing = await tx.job_by_idempotency_key(idempotency_key or "")
                 if existing is None:  # pragma: no cover - the conflicting row is committed
@@ -350,6 +361,7 @@ class SqlStore(Store):
                     )
                 return SubmitResult(str(existing["id"]), created=False)
             created_at, inserted = done
+            claimed = claimed_roots(spec, str(job_id), nodes, inserted, assign)
             changes = Changes(self, tx)
             changes.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
@@ -368,6 +380,7 @@ class SqlStore(Store):
                 queued=tuple(sorted(changes.queued)),
                 created_at=created_at,
                 node_counts=dict(sorted(counts.items())),
+                claimed=tuple(claimed),
             )
 
         # Without keyed roots (their admission takes more statements) a submission is one
@@ -834,9 +847,41 @@ def node_rows(spec: JobSpec) -> list[Row]:
             "backoff_factor": n.backoff.factor if n.backoff else None,
             "backoff_max": n.backoff.max_seconds if n.backoff else None,
             "queue": not n.depends_on and n.idempotency_key is None,
+            "worker": None,  # set by `submit_job` for roots going to an idle worker's offer
         }
         for i, n in enumerate(spec.nodes)
     ]
+
+
+def claimed_roots(
+    spec: JobSpec,
+    job_id: str,
+    nodes: list[Row],
+    inserted: list[Row],
+    assign: Sequence[tuple[str, int]],
+) -> tuple[tuple[ClaimedTask, ...], ...]:
+    """The roots `insert_job` claimed for offers, per `assign` entry: built from the spec,
+    which holds all a claim reply carries."""
+    parents = {dep for n in spec.nodes for dep in n.depends_on}
+    by_worker: dict[str, list[ClaimedTask]] = collections.defaultdict(list)
+    for row, node, spec_node in zip(nodes, inserted, spec.nodes, strict=True):
+        if node["state"] == "running":
+            by_worker[row["worker"]].append(
+                ClaimedTask(
+                    ref=TaskRef(node["id"], node["attempt"]),
+                    job_id=job_id,
+                    node_id=spec_node.id,
+                    command=spec_node.command,
+                    timeout_seconds=spec_node.timeout_seconds,
+                    env=tuple(spec_node.env),
+                    has_dependents=spec_node.id in parents,
+                )
+            )
+    claimed = []
+    for worker, slots in assign:
+        mine, by_worker[worker] = by_worker[worker][:slots], by_worker[worker][slots:]
+        claimed.append(tuple(mine))
+    return tuple(claimed)
 
 
 def clean_text(text: str) -> str:

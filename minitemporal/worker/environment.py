@@ -90,7 +90,10 @@ class WorkdirPool:
 
     def take(self, owner: RunAs | None = None) -> str:
         """A fresh directory; with `owner`, given to that user (who alone can then enter it)."""
-        self._wake.set()
+        if len(self._ready) <= self._size // 2:
+            # Refills happen as used directories come back (`discard`); only a run on the
+            # pool wakes the thread here, on the way to a spawn it would compete with.
+            self._wake.set()
         try:
             path = self._ready.popleft()
         except IndexError:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from minitemporal.domain.model import (
@@ -64,6 +65,7 @@ from minitemporal.worker.process import (
 log = logging.getLogger("minitemporal.worker")
 PREFETCH_MAX_RUN = 0.5  # prefetch only while attempts run shorter than this (moving average)
 PREFETCH_WAIT = 1.0  # a prefetched attempt not started after this long is released
+POP_WAITED = 0.005  # seconds: a pop that took longer waited on an empty queue
 REPORTS_IN_FLIGHT = 1  # concurrent result reports: more cost CPU in small batches, for no gain here
 
 
@@ -127,6 +129,7 @@ class _Held:
 class _Report:
     result: TaskResult
     permit: bool  # carries its slot, to be filled by what the result unblocks
+    unblocks: bool = False  # a success of a node others depend on: likely hands us a child
 
 
 @dataclass(slots=True)
@@ -202,6 +205,7 @@ class Worker:
     async def _fetch(self, stopping: anyio.Event) -> None:
         failures = 0
         accepted = False  # has the scheduler taken our credentials since the last refusal?
+        idle = True  # the queue was empty at the last look: offer our slots while we wait
         while not stopping.is_set():
             await self._slots.wait(self.config.pop_timeout)
             permits = self._slots.take(self._room())
@@ -210,12 +214,24 @@ class Worker:
                     await anyio.sleep(min(self.config.pop_timeout, PREFETCH_WAIT / 4))
                 continue
             tasks: list[ClaimedTask] = []
+            offered: list[ClaimedTask] = []  # claimed for us by submissions, started already
             try:
                 if not accepted or self.client.refused is not None:
                     # Pop nothing we could not claim: a popped ref waits for the reconciler.
                     await self.client.heartbeat(self.config.worker_id, [])
                     accepted = True
-                refs = await self.queue.pop(permits, self.config.pop_timeout)
+                waiting_since = time.monotonic()
+                if idle and self.client.can_offer:
+                    refs = await self._pop_or_offer(permits, offered)
+                else:
+                    refs = await self.queue.pop(permits, self.config.pop_timeout)
+                # Work waiting in the queue comes back at once; a pop that had to wait found
+                # it empty, and the next one offers our slots too.
+                idle = not refs or time.monotonic() - waiting_since > POP_WAITED
+                # Popped beyond the slots that offers left us: back to the front of the queue.
+                refs, extra = refs[: permits - len(offered)], refs[permits - len(offered) :]
+                if extra:
+                    await self.queue.push([(r, 0.0) for r in extra])
                 if refs:
                     tasks = await self.client.claim(self.config.worker_id, refs)
                     self.metrics.claims.labels("won").inc(len(tasks))
@@ -236,9 +252,63 @@ class Worker:
                 log.error("claim refused: %s", exc)
                 await anyio.sleep(1.0)
             finally:
-                self._slots.give(permits - len(tasks))
+                self._slots.give(permits - len(tasks) - len(offered))
             for task in tasks:
                 self._start(task)
+
+    async def _pop_or_offer(self, permits: int, offered: list[ClaimedTask]) -> list[TaskRef]:
+        """Wait for work two ways at once: the queue, and offers of our free slots to the
+        scheduler, which a new job's submission answers with attempts it claimed for us (no
+        push, pop and claim on the way). Offered attempts start as they arrive (into
+        `offered`; the caller's permits cover them) and what is left is offered again. A pop
+        that finds work withdraws the standing offer; offers that used every permit end the
+        pop, so that the next wait takes the slots freed since."""
+        worker_id = self.config.worker_id
+        deadline = time.monotonic() + self.config.pop_timeout
+        popped = anyio.Event()
+        standing = False
+
+        async def offer() -> None:
+            nonlocal standing
+            left = permits
+            while left > 0 and not popped.is_set():
+                standing = True
+                try:
+                    wait = max(0.0, deadline - time.monotonic())
+                    tasks = await self.client.offer(worker_id, left, wait)
+                except MinitemporalError as exc:  # the pop goes on; the next wait offers again
+                    log.debug("offer failed: %s", exc)
+                    return
+                finally:
+                    standing = False
+                tasks = tasks[:left]  # never more than offered (a surplus is given back by
+                self.metrics.claims.labels("offered").inc(len(tasks))  # the next heartbeat)
+                for task in tasks:
+                    offered.append(task)
+                    self._start(task)
+                if not tasks:  # lapsed or withdrawn
+                    return
+                left -= len(tasks)
+                await anyio.lowlevel.checkpoint()  # spawn first, offer again after
+            if left == 0 and not popped.is_set():
+                with contextlib.suppress(Unavailable):
+                    await self.queue.wake(worker_id)
+
+        failed: MinitemporalError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(offer)
+            try:
+                refs = await self.queue.pop(permits, self.config.pop_timeout, wake=worker_id)
+            except MinitemporalError as exc:  # raised after the group: not as a group
+                failed, refs = exc, []
+            finally:
+                popped.set()
+                if standing:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(MinitemporalError):
+                        await self.client.withdraw_offer(worker_id)
+        if failed is not None:
+            raise failed
+        return refs
 
     def _prefetching(self) -> bool:
         return self.config.prefetch > 0 and self._run_average < PREFETCH_MAX_RUN
@@ -340,13 +410,16 @@ class Worker:
             extra={**fields, "exit_code": result.exit_code},
         )
         if held.report:
-            self._queue_report(task.ref, result, permit=keep)
+            unblocks = task.has_dependents and result.outcome is Outcome.SUCCEEDED
+            self._queue_report(task.ref, result, permit=keep, unblocks=unblocks)
         else:
             self._held.pop(task.ref, None)
         self._workdirs.discard(workdir)
 
     # --- reporting
-    def _queue_report(self, ref: TaskRef, r: RunResult, *, permit: bool) -> None:
+    def _queue_report(
+        self, ref: TaskRef, r: RunResult, *, permit: bool, unblocks: bool = False
+    ) -> None:
         result = TaskResult(
             ref=ref,
             outcome=r.outcome,
@@ -356,7 +429,7 @@ class Worker:
             stdout=r.stdout,
             stderr=r.stderr,
         )
-        self._reports.pending.append(_Report(result, permit))
+        self._reports.pending.append(_Report(result, permit, unblocks))
         self._reports.wake.set()
 
     async def _reporter(self) -> None:
@@ -388,7 +461,9 @@ class Worker:
             self._slots.give(want)
             want = 0
         results = [r.result for r in batch]
-        popped = await self._pop_now(want)
+        # A slot whose result unblocks children is most likely refilled by one of them in
+        # the same call: pop for the others only (a chain step skips a queue round trip).
+        popped = await self._pop_now(want - sum(r.permit and r.unblocks for r in batch))
         try:
             accepted, tasks = await self.client.complete(
                 self.config.worker_id, results, want=want, claim=popped

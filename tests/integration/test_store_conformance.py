@@ -803,3 +803,65 @@ async def test_release_puts_unstarted_attempts_back_as_if_never_claimed(store: S
     assert [r for r, _ in await store.queued_tasks()] == [a.ref]
     [again] = await store.claim("w2", [a.ref], 30)
     assert again.ref == a.ref, "claimed again under the same attempt number"
+
+
+async def test_submit_claims_ready_roots_for_offers_in_its_transaction(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "echo a", timeout_seconds=9, env=(("K", "v"),)),
+            NodeSpec("b", "echo b"),
+            NodeSpec("c", "true", depends_on=("a",)),
+            NodeSpec("d", "echo d"),
+            NodeSpec("e", "echo e"),
+        ),
+        assign=[("w1", 1), ("w2", 2), ("w3", 4)],
+        lease_seconds=30,
+    )
+    mine = [[t.node_id for t in tasks] for tasks in res.claimed]
+    assert mine == [["a"], ["b", "d"], ["e"]], "oldest offer first, in node order"
+    a = res.claimed[0][0]
+    assert (a.command, a.timeout_seconds, a.env, a.has_dependents) == (
+        "echo a",
+        9,
+        (("K", "v"),),
+        True,
+    ), "what a claim reply carries"
+    assert not res.claimed[1][0].has_dependents
+    assert res.queued == (), "nothing left for the queue"
+    assert res.node_counts == {"pending": 1, "running": 4}
+    job = await store.get_job(res.job_id)
+    assert job.node_counts == res.node_counts
+    assert {n.id: n.state for n in job.nodes}["c"] is NodeState.PENDING
+    # Fenced like any claim: nobody else gets these attempts, and each has its record.
+    assert await store.claim("w9", [t.ref for ts in res.claimed for t in ts], 30) == []
+    assert [x.worker_id for x in {n.id: n for n in job.nodes}["a"].attempts] == ["w1"]
+    out = await store.complete("w1", [result(a.ref)], want=1, lease_seconds=30)
+    assert out.duplicate == (False,) and [t.node_id for t in out.claimed] == ["c"]
+
+
+async def test_offers_take_only_what_is_ready_and_the_rest_is_queued(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"), NodeSpec("b", "true"), NodeSpec("k", "true", idempotency_key="K")
+        ),
+        assign=[("w1", 1)],
+        lease_seconds=30,
+    )
+    assert [[t.node_id for t in ts] for ts in res.claimed] == [["a"]]
+    assert len(res.queued) == 2, "b, and k once admitted by its key, go to the queue"
+    none = await store.submit_job(
+        spec(NodeSpec("x", "true", idempotency_key="K2")), assign=[("w1", 3)], lease_seconds=30
+    )
+    assert none.claimed == ((),) and len(none.queued) == 1, "keyed roots are admitted, not offered"
+
+
+async def test_an_offered_attempt_its_worker_never_saw_is_given_back(store: Store) -> None:
+    res = await store.submit_job(
+        spec(NodeSpec("a", "true")), assign=[("w", 1)], lease_seconds=6.0
+    )  # grace = max(0.5, lease/3) = 2 s
+    [[lost]] = res.claimed
+    await asyncio.sleep(2.1)
+    await store.heartbeat("w", [], 6.0)  # the answer to the offer never reached the worker
+    assert await store.requeue_due_retries() == [TaskRef(lost.ref.node, 2)]
+    a = (await store.get_job(res.job_id)).nodes[0]
+    assert [x.reason for x in a.attempts] == ["interrupted"], "not counted against retries"

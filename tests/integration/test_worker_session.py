@@ -3,7 +3,7 @@ stream failing calls as Unavailable, and reconnection."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import anyio
@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1._async import HealthServicer
 
 from minitemporal.domain.model import (
+    ClaimedTask,
     JobSpec,
     NodeSpec,
     Outcome,
@@ -98,6 +99,77 @@ async def test_a_wrong_secret_is_refused_on_the_session(service: SchedulerServic
         with pytest.raises(CredentialsRejected):
             await client.claim("w", [TaskRef(1, 1)])
         assert client.refused is not None
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = anyio.current_time() + timeout
+    while not predicate():
+        assert anyio.current_time() < deadline, f"timed out waiting for {what}"
+        await anyio.sleep(0.01)
+
+
+async def test_a_new_jobs_root_goes_straight_to_an_idle_workers_offer(
+    service: SchedulerService,
+) -> None:
+    port = free_port()
+    server = await serve(service, port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
+    )
+    try:
+        got: list[list[ClaimedTask]] = []
+        async with anyio.create_task_group() as tg:
+
+            async def offer() -> None:
+                got.append(await client.offer("w", 2, 10.0))
+
+            tg.start_soon(offer)
+            await wait_until(lambda: len(service.offers) == 1, "the offer")
+            spec = JobSpec(
+                "j", (NodeSpec("a", "echo a", "a"), NodeSpec("b", "echo b", "b", depends_on=("a",)))
+            )
+            view, created = await service.submit_job(
+                spec, idempotency_key=None, request_digest=None
+            )
+        assert created and [[t.node_id for t in ts] for ts in got] == [["a"]]
+        assert got[0][0].command == "echo a" and got[0][0].has_dependents
+        assert view.node_counts == {"pending": 1, "running": 1}
+        job = await service.get_job(view.id)
+        assert [x.worker_id for x in job.nodes[0].attempts] == ["w"], "claimed, in the store"
+        assert await service.queue.depth() == 0, "nothing went through the queue"
+        assert service.metrics.dispatched.labels("offer")._value.get() == 1
+
+        # Withdrawn: answered at once, empty; the next job goes to the queue.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(offer)
+            await wait_until(lambda: len(service.offers) == 1, "the second offer")
+            with anyio.fail_after(5):
+                await client.withdraw_offer("w")
+        assert got[1] == [] and len(service.offers) == 0
+        res, _ = await service.submit_job(
+            JobSpec("q", (NodeSpec("x", "true", "x"),)), idempotency_key=None, request_digest=None
+        )
+        assert await service.queue.depth() == 1 and res.node_counts == {"queued": 1}
+
+        # A session that ends takes its standing offer with it.
+        broken: list[Exception] = []
+
+        async def doomed_offer() -> None:
+            try:
+                await client.offer("w", 2, 10.0)
+            except Unavailable as exc:
+                broken.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(doomed_offer)
+            await wait_until(lambda: len(service.offers) == 1, "the third offer")
+            with anyio.fail_after(5):
+                await client.end_session()
+        assert len(broken) == 1, "the call in flight fails at once, it does not wait out its time"
+        await wait_until(lambda: len(service.offers) == 0, "the offer to lapse with its session")
     finally:
         await client.close()
         await server.stop(grace=None)

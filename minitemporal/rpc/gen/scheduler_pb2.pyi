@@ -345,19 +345,45 @@ class ReleaseTasksResponse(_message.Message):
     released: _containers.RepeatedCompositeFieldContainer[TaskRef]
     def __init__(self, released: _Optional[_Iterable[_Union[TaskRef, _Mapping]]] = ...) -> None: ...
 
+class OfferRequest(_message.Message):
+    __slots__ = ("worker_id", "slots", "wait_seconds")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    slots: int
+    wait_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+
+class WithdrawOfferRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class WithdrawOfferResponse(_message.Message):
+    __slots__ = ("withdrawn",)
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: int
+    def __init__(self, withdrawn: _Optional[int] = ...) -> None: ...
+
 class SessionRequest(_message.Message):
-    __slots__ = ("id", "claim", "heartbeat", "complete", "release")
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "offer", "withdraw")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     id: int
     claim: ClaimTasksRequest
     heartbeat: HeartbeatRequest
     complete: CompleteTasksRequest
     release: ReleaseTasksRequest
-    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ...) -> None: ...
+    offer: OfferRequest
+    withdraw: WithdrawOfferRequest
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ..., offer: _Optional[_Union[OfferRequest, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferRequest, _Mapping]] = ...) -> None: ...
 
 class SessionError(_message.Message):
     __slots__ = ("code", "detail", "error")
@@ -370,17 +396,21 @@ class SessionError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., error: _Optional[bytes] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "error")
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "error", "offer", "withdraw")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     id: int
     claim: ClaimTasksResponse
     heartbeat: HeartbeatResponse
     complete: CompleteTasksResponse
     release: ReleaseTasksResponse
     error: SessionError
-    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...
+    offer: ClaimTasksResponse
+    withdraw: WithdrawOfferResponse
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., offer: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferResponse, _Mapping]] = ...) -> None: ...

@@ -152,6 +152,7 @@ class SchedulerServicer:
     def WorkerSession(self, request_iterator, context):
         """A worker's long-lived session: the four task calls above as messages on one stream,
         answered by id, in any order. Half the cost of a unary call per exchange (measured).
+        Only a session can also carry an idle worker's offer of free slots (OfferRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,6 +7,8 @@
 -- idempotency key left pending for admission by key) and its edges, joined against the rows
 -- just inserted (not the table: a join on `nodes` would run on a generic plan that goes
 -- quadratic on a large job). A taken idempotency key inserts nothing and returns no row.
+-- Roots given a `worker` (an idle worker's offer) are claimed for it here, as `claim` would:
+-- running, leased, with their attempt row.
 WITH job AS (
     INSERT INTO jobs (id, name, nodes_total, nodes_unfinished, idempotency_key, request_digest)
     VALUES (%(id)s, %(name)s, %(n)s, %(n)s, %(idempotency_key)s, %(digest)s)
@@ -15,20 +17,31 @@ WITH job AS (
 ), inserted AS (
     INSERT INTO nodes (job_id, node_id, position, name, command, retries, timeout_seconds,
                        idempotency_key, depends_on, env, backoff_base, backoff_factor,
-                       backoff_max, deps_pending, state, attempt, enqueued_at)
+                       backoff_max, deps_pending, state, attempt, enqueued_at, worker_id,
+                       lease_until, deadline_at)
     SELECT job.id, n.id, n.position, n.name, n.command, n.retries, n.timeout_seconds,
            n.idempotency_key, ARRAY(SELECT jsonb_array_elements_text(n.depends_on)), n.env,
            n.backoff_base, n.backoff_factor, n.backoff_max,
            jsonb_array_length(n.depends_on),
-           CASE WHEN n.queue THEN 'queued' ELSE 'pending' END,
+           CASE WHEN n.worker IS NOT NULL THEN 'running' WHEN n.queue THEN 'queued'
+                ELSE 'pending' END,
            CASE WHEN n.queue THEN 1 ELSE 0 END,
-           CASE WHEN n.queue THEN clock_timestamp() END
+           CASE WHEN n.queue THEN clock_timestamp() END,
+           n.worker,
+           CASE WHEN n.worker IS NOT NULL
+                THEN clock_timestamp() + make_interval(secs => %(lease)s) END,
+           CASE WHEN n.worker IS NOT NULL
+                THEN clock_timestamp() + make_interval(secs => n.timeout_seconds + %(lease)s) END
     FROM job, jsonb_to_recordset(%(nodes)s::jsonb) AS n(
         id text, position integer, name text, command text, retries integer,
         timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
         backoff_base double precision, backoff_factor double precision,
-        backoff_max double precision, queue boolean)
-    RETURNING id, node_id, attempt, state, deps_pending, idempotency_key
+        backoff_max double precision, queue boolean, worker text)
+    RETURNING id, node_id, attempt, state, deps_pending, idempotency_key, worker_id, enqueued_at
+), claimed AS (
+    INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
+    SELECT id, attempt, worker_id, enqueued_at, clock_timestamp()
+    FROM inserted WHERE state = 'running'
 ), edges AS (
     INSERT INTO node_edges (parent_id, child_id)
     SELECT p.id, c.id

@@ -194,6 +194,7 @@ class _PgTx(Tx):
         key: str | None,
         digest: str | None,
         nodes: list[Row],
+        lease: float = 0.0,
     ) -> tuple[datetime, list[Row]] | None:
         edges = [(dep, n["id"]) for n in nodes for dep in n["depends_on"]]
         rows = await self._all(
@@ -207,6 +208,7 @@ class _PgTx(Tx):
                 "nodes": Jsonb(nodes),
                 "parents": [p for p, _ in edges],
                 "children": [c for _, c in edges],
+                "lease": lease,
             },
         )
         if not rows:  # the key was taken: nothing inserted (a job has at least one node)

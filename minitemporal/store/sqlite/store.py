@@ -503,6 +503,7 @@ class _SqliteTx(Tx):
         key: str | None,
         digest: str | None,
         nodes: list[Row],
+        lease: float = 0.0,
     ) -> tuple[datetime, list[Row]] | None:
         row = self._one(
             "insert_job",
@@ -510,7 +511,12 @@ class _SqliteTx(Tx):
         )
         if row is None:
             return None
-        return row["created_at"], self._insert_nodes(job, nodes)
+        inserted = self._insert_nodes(job, nodes)
+        for n, r in zip(nodes, inserted, strict=True):
+            if n.get("worker"):  # an idle worker's offer: claimed for it in this transaction
+                claimed = await self.claim(n["worker"], [TaskRef(r["id"], r["attempt"])], lease)
+                r.update(state="running" if claimed else r["state"])
+        return row["created_at"], inserted
 
     async def job_by_idempotency_key(self, key: str) -> Row | None:
         return self._one("job_by_idempotency_key", {"key": key})
