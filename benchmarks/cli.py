@@ -284,7 +284,18 @@ class Suite:
 
 
 def command_line(argv: list[str]) -> str:
-    return " ".join(["python -m benchmarks", *(shlex.quote(a) for a in argv)])
+    """The command as the README shows it: without `--out FILE`, a path of one machine that
+    says nothing about the figures."""
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    return " ".join(["python -m benchmarks", *(shlex.quote(a) for a in shown)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,3 +57,12 @@ def test_readme_block_is_replaced_between_markers(tmp_path: Path) -> None:
     readme.write_text("no markers here\n")
     assert not report.update_readme(readme, "x")
     assert readme.read_text() == "no markers here\n"
+
+
+def test_the_recorded_command_leaves_out_the_results_path() -> None:
+    from benchmarks.cli import command_line
+
+    assert (
+        command_line(["--slots", "16", "--out", "/x/y.json"]) == "python -m benchmarks --slots 16"
+    )
+    assert command_line(["--out=/x/y.json", "--full"]) == "python -m benchmarks --full"
