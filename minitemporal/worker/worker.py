@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -218,8 +218,13 @@ class Worker:
             try:
                 if not accepted or self.client.refused is not None:
                     # Pop nothing we could not claim: a popped ref waits for the reconciler.
-                    await self.client.heartbeat(self.config.worker_id, [])
-                    accepted = True
+                    # A stop does not wait for this answer (a scheduler that is gone would
+                    # hold it for the call's whole deadline).
+                    accepted = await self._unless_stopped(
+                        stopping, lambda: self.client.heartbeat(self.config.worker_id, [])
+                    )
+                    if not accepted:
+                        continue
                 waiting_since = time.monotonic()
                 if idle and self.client.can_offer:
                     refs = await self._pop_or_offer(permits, offered)
@@ -309,6 +314,28 @@ class Worker:
         if failed is not None:
             raise failed
         return refs
+
+    @staticmethod
+    async def _unless_stopped(stopping: anyio.Event, call: Callable[[], Awaitable[object]]) -> bool:
+        """Await `call` unless `stopping` is set first (then abandon it): did it finish?"""
+        failed: BaseException | None = None
+        finished = False
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            try:
+                await call()
+                finished = True
+            except Exception as exc:  # raised after the group: not as a group
+                failed = exc
+            tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return finished
 
     def _prefetching(self) -> bool:
         return self.config.prefetch > 0 and self._run_average < PREFETCH_MAX_RUN

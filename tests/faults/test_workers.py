@@ -9,6 +9,7 @@ import httpx
 
 from tests.support.api import node, nodes_by_id
 from tests.support.procs import Cluster, pid_alive
+from tests.support.services import free_port
 from tests.support.topology import Ledger, pause, resume, start_split, wait_for
 
 
@@ -207,3 +208,14 @@ def test_a_prefetched_attempt_stuck_behind_a_long_one_is_released(
     long_job = top.api.get(job_id)
     assert long_job["status"] == "running", "well before the long one finished"
     top.api.wait(job_id, timeout=20)
+
+
+def test_a_worker_whose_scheduler_is_gone_stops_at_once(fast_cluster: Cluster) -> None:
+    """Its first call waits on a scheduler that never answers; SIGTERM must not wait with it
+    (a supervisor's grace period is often 10 s, and nothing runs that needs draining)."""
+    worker = fast_cluster.add("orphan", "worker", scheduler_port=free_port()).start()
+    wait_for(lambda: "worker started" in worker.log(), timeout=30, what="the worker")
+    asked = time.monotonic()
+    assert worker.stop() == 0
+    took = time.monotonic() - asked
+    assert took < 4, f"stopped after {took:.1f}s: it waited for a scheduler that is gone"
