@@ -20,6 +20,8 @@ from minitemporal.domain.model import TaskRef
 from minitemporal.errors import Unavailable
 from minitemporal.queue.base import TaskQueue
 
+ALARM_TTL = 60  # seconds an alarm no pop took stays in Redis
+
 
 class RedisQueue(TaskQueue):
     kind = "redis"
@@ -102,8 +104,11 @@ class RedisQueue(TaskQueue):
         return refs
 
     async def wake(self, name: str) -> None:
+        key = self._alarm(name)
         try:
-            await self._client().zadd(self._alarm(name), {"wake": 0})
+            # An alarm no pop takes (its worker stopped) must not stay in Redis for ever.
+            async with self._client().pipeline(transaction=False) as pipe:
+                await pipe.zadd(key, {"wake": 0}).expire(key, ALARM_TTL).execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 

@@ -191,6 +191,7 @@ class Worker:
                 self._tg = tg
                 tg.start_soon(self._heartbeats)
                 tg.start_soon(self._reporter)
+                tg.start_soon(self._end_pop_on_stop, stopping)
                 if self.config.prefetch:
                     tg.start_soon(self._release_stale)
                 await self._fetch(stopping)
@@ -229,7 +230,9 @@ class Worker:
                 if idle and self.client.can_offer:
                     refs = await self._pop_or_offer(permits, offered)
                 else:
-                    refs = await self.queue.pop(permits, self.config.pop_timeout)
+                    refs = await self.queue.pop(
+                        permits, self.config.pop_timeout, wake=self.config.worker_id
+                    )
                 # Work waiting in the queue comes back at once; a pop that had to wait found
                 # it empty, and the next one offers our slots too.
                 idle = not refs or time.monotonic() - waiting_since > POP_WAITED
@@ -314,6 +317,12 @@ class Worker:
         if failed is not None:
             raise failed
         return refs
+
+    async def _end_pop_on_stop(self, stopping: anyio.Event) -> None:
+        """A stop ends the wait on the queue now, not at the pop's timeout."""
+        await stopping.wait()
+        with contextlib.suppress(Unavailable):
+            await self.queue.wake(self.config.worker_id)
 
     @staticmethod
     async def _unless_stopped(stopping: anyio.Event, call: Callable[[], Awaitable[object]]) -> bool:

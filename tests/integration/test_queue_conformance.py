@@ -204,3 +204,16 @@ async def test_a_wake_ends_a_waiting_pop_early_and_empty(backend: QueueBackend) 
     start = time.monotonic()
     assert await q.pop(3, 0.3, wake="w1") == []
     assert time.monotonic() - start > 0.2, "and then gone: this pop waits out its time"
+
+
+async def test_an_alarm_no_pop_takes_expires(redis_server_url: str, redis_prefix: str) -> None:
+    q = RedisQueue(redis_server_url, prefix=redis_prefix)
+    await q.open()
+    try:
+        await q.wake("gone-worker")  # its worker stopped: nobody pops this alarm
+        client = redis.Redis.from_url(redis_server_url)
+        ttl = client.ttl(f"{redis_prefix}:wake:gone-worker")
+        client.close()
+        assert 0 < ttl <= 60, ttl
+    finally:
+        await q.close()
