@@ -75,6 +75,12 @@ class NodeSpec:
     def max_attempts(self) -> int:
         return self.retries + 1
 
+    @property
+    def ready_at_submission(self) -> bool:
+        """Queued as soon as its job is stored: a root without an idempotency key (keyed
+        roots are admitted by key first)."""
+        return not self.depends_on and self.idempotency_key is None
+
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:

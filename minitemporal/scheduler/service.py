@@ -80,7 +80,7 @@ class SchedulerService:
     ) -> tuple[JobView, bool]:
         # The api validated already; validate again: gRPC callers are not all the api.
         spec = _revalidate(spec, self.limits)
-        ready = sum(1 for n in spec.nodes if not n.depends_on and not n.idempotency_key)
+        ready = sum(n.ready_at_submission for n in spec.nodes)
         offers = self.offers.take(ready)
         try:
             result = await self.store.submit_job(

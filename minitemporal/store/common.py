@@ -339,11 +339,12 @@ class SqlStore(Store):
     ) -> SubmitResult:
         job_id = uuid.uuid4()
         nodes = node_rows(spec)
-        # Idle workers' offers take the first ready roots, in order.
-        offered = iter([worker for worker, slots in assign for _ in range(slots)])
-        for row in nodes:
-            if row["queue"]:
-                row["worker"] = next(offered, None)
+        # Idle workers' offers take the first ready roots, in order: `owners[i]` is the
+        # `assign` entry node i goes to, if any.
+        slots = iter([k for k, (_, n) in enumerate(assign) for _ in range(n)])
+        owners = [next(slots, None) if row["queue"] else None for row in nodes]
+        for row, owner in zip(nodes, owners, strict=True):
+            row["worker"] = assign[owner][0] if owner is not None else None
 
         async def body(tx: Tx) -> SubmitResult:
             digest = request_digest if idempotency_key else None
@@ -361,7 +362,7 @@ class SqlStore(Store):
                     )
                 return SubmitResult(str(existing["id"]), created=False)
             created_at, inserted = done
-            claimed = claimed_roots(spec, str(job_id), nodes, inserted, assign)
+            claimed = claimed_roots(spec, str(job_id), inserted, owners, len(assign))
             changes = Changes(self, tx)
             changes.queued.extend(
                 TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
@@ -846,7 +847,7 @@ def node_rows(spec: JobSpec) -> list[Row]:
             "backoff_base": n.backoff.base_seconds if n.backoff else None,
             "backoff_factor": n.backoff.factor if n.backoff else None,
             "backoff_max": n.backoff.max_seconds if n.backoff else None,
-            "queue": not n.depends_on and n.idempotency_key is None,
+            "queue": n.ready_at_submission,
             "worker": None,  # set by `submit_job` for roots going to an idle worker's offer
         }
         for i, n in enumerate(spec.nodes)
@@ -854,19 +855,15 @@ def node_rows(spec: JobSpec) -> list[Row]:
 
 
 def claimed_roots(
-    spec: JobSpec,
-    job_id: str,
-    nodes: list[Row],
-    inserted: list[Row],
-    assign: Sequence[tuple[str, int]],
+    spec: JobSpec, job_id: str, inserted: list[Row], owners: list[int | None], offers: int
 ) -> tuple[tuple[ClaimedTask, ...], ...]:
-    """The roots `insert_job` claimed for offers, per `assign` entry: built from the spec,
-    which holds all a claim reply carries."""
+    """The roots `insert_job` claimed, per offer (`owners[i]`: node i's offer): built from the
+    spec, which holds all a claim reply carries."""
     parents = {dep for n in spec.nodes for dep in n.depends_on}
-    by_worker: dict[str, list[ClaimedTask]] = collections.defaultdict(list)
-    for row, node, spec_node in zip(nodes, inserted, spec.nodes, strict=True):
-        if node["state"] == "running":
-            by_worker[row["worker"]].append(
+    claimed: list[list[ClaimedTask]] = [[] for _ in range(offers)]
+    for node, spec_node, owner in zip(inserted, spec.nodes, owners, strict=True):
+        if owner is not None and node["state"] == "running":
+            claimed[owner].append(
                 ClaimedTask(
                     ref=TaskRef(node["id"], node["attempt"]),
                     job_id=job_id,
@@ -877,11 +874,7 @@ def claimed_roots(
                     has_dependents=spec_node.id in parents,
                 )
             )
-    claimed = []
-    for worker, slots in assign:
-        mine, by_worker[worker] = by_worker[worker][:slots], by_worker[worker][slots:]
-        claimed.append(tuple(mine))
-    return tuple(claimed)
+    return tuple(tuple(c) for c in claimed)
 
 
 def clean_text(text: str) -> str:

@@ -513,9 +513,10 @@ class _SqliteTx(Tx):
             return None
         inserted = self._insert_nodes(job, nodes)
         for n, r in zip(nodes, inserted, strict=True):
-            if n.get("worker"):  # an idle worker's offer: claimed for it in this transaction
-                claimed = await self.claim(n["worker"], [TaskRef(r["id"], r["attempt"])], lease)
-                r.update(state="running" if claimed else r["state"])
+            # An idle worker's offer: claimed for it in this transaction.
+            ref = TaskRef(r["id"], r["attempt"])
+            if n.get("worker") and await self.claim(n["worker"], [ref], lease):
+                r["state"] = "running"
         return row["created_at"], inserted
 
     async def job_by_idempotency_key(self, key: str) -> Row | None:
