@@ -354,7 +354,7 @@ class Runtime:
                     output_tail_bytes=s.output_tail_bytes,
                     work_dir=s.work_dir,
                     limits=self.limits,
-                    prefetch=s.worker_slots if s.worker_prefetch is None else s.worker_prefetch,
+                    prefetch=s.effective_worker_prefetch,
                 ),
                 client=client,
                 queue=queue,

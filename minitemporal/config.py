@@ -22,6 +22,7 @@ from minitemporal.errors import ConfigurationError
 
 ROLES = ("api", "scheduler", "worker")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "", "[::]"})  # noqa: S104 (names, not binds)
+PREFETCH_PER_SLOT = 4  # default prefetch: claimed attempts in hand per slot, beyond the slots
 
 
 class Settings(BaseSettings):
@@ -76,8 +77,9 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=1024,
-        description="Attempts a worker claims ahead of free slots, while its attempts run "
-        "under 0.5 s; released if not started within 1 s. Unset: as many as its slots.",
+        description="Most attempts a worker claims ahead of free slots; it holds no more than "
+        "its slots start within 0.5 s, and releases any not started within 1 s. "
+        "Unset: 4 x its slots.",
     )
     work_dir: str | None = Field(
         None, description="Parent of each attempt's fresh working directory. Unset: the temp dir."
@@ -290,6 +292,14 @@ class Settings(BaseSettings):
             return self.scheduler_address
         host = "127.0.0.1" if self.grpc_host in WILDCARD_HOSTS else self.grpc_host
         return f"{host}:{self.grpc_port}"
+
+    @property
+    def effective_worker_prefetch(self) -> int:
+        """Unset: enough claimed attempts in hand to keep short commands' slots busy while
+        reports are in flight (measured: 4 slots ran 1.5x the nodes/s with 16 in hand)."""
+        if self.worker_prefetch is not None:
+            return self.worker_prefetch
+        return min(PREFETCH_PER_SLOT * self.worker_slots, 1024)
 
     @property
     def resolved_worker_id(self) -> str:

@@ -12,10 +12,12 @@
 - If no heartbeat gets through for a whole lease, the scheduler will have given our attempts
   to others: we kill our own children rather than run them twice.
 - Results are reported in batches: whatever finished while the previous report was in flight.
-- Prefetch: beyond its slots a worker may hold `prefetch` claimed attempts that have not
+- Prefetch: beyond its slots a worker may hold up to `prefetch` claimed attempts that have not
   started; one launches the moment a slot frees, while the report refills in the background.
-  As Celery users know, prefetching starves other workers when tasks are long, so it pauses
-  while recent attempts run longer than PREFETCH_MAX_RUN, and an attempt left waiting over
+  Short attempts need many in hand: a slot frees faster than a report's round trip refills
+  it. As Celery users know, prefetching starves other workers when tasks are long, so a
+  worker holds no more than its slots start within PREFETCH_MAX_RUN (by the moving average
+  of recent run times; none once attempts run longer), and an attempt left waiting over
   PREFETCH_WAIT is released: queued again, same attempt, as if never claimed.
 """
 
@@ -63,10 +65,19 @@ from minitemporal.worker.process import (
 )
 
 log = logging.getLogger("minitemporal.worker")
-PREFETCH_MAX_RUN = 0.5  # prefetch only while attempts run shorter than this (moving average)
+PREFETCH_MAX_RUN = 0.5  # seconds: prefetch only what the slots start within this long
 PREFETCH_WAIT = 1.0  # a prefetched attempt not started after this long is released
 POP_WAITED = 0.005  # seconds: a pop that took longer waited on an empty queue
 REPORTS_IN_FLIGHT = 1  # concurrent result reports: more cost CPU in small batches, for no gain here
+
+
+def prefetch_limit(prefetch: int, slots: int, run_average: float) -> int:
+    """Claimed attempts worth holding beyond `slots`: at most `prefetch`, and no more than the
+    slots start within PREFETCH_MAX_RUN when attempts take `run_average` seconds each (so
+    none once they run that long)."""
+    if prefetch <= 0 or run_average >= PREFETCH_MAX_RUN:
+        return 0
+    return min(prefetch, int(slots * PREFETCH_MAX_RUN / max(run_average, 1e-3)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,16 +357,17 @@ class Worker:
             raise failed
         return finished
 
-    def _prefetching(self) -> bool:
-        return self.config.prefetch > 0 and self._run_average < PREFETCH_MAX_RUN
+    def _prefetch_limit(self) -> int:
+        """Attempts to hold beyond the slots now: at most `prefetch`, and only as many as the
+        slots would start within PREFETCH_MAX_RUN at the recent run times."""
+        return prefetch_limit(self.config.prefetch, self.config.slots, self._run_average)
 
     def _room(self) -> int:
-        """Permits the fetcher may take now: every free one, but beyond the slots only while
-        prefetching is on."""
-        if self._prefetching():
-            return self._slots.free
+        """Permits the fetcher may take now: free ones, up to the slots plus the prefetch
+        limit."""
         in_use = self._slots.total - self._slots.free
-        return max(0, min(self._slots.free, self.config.slots - in_use))
+        limit = self.config.slots + self._prefetch_limit()
+        return max(0, min(self._slots.free, limit - in_use))
 
     def _start(self, task: ClaimedTask) -> None:
         """Take a claimed attempt (the caller took one permit for it): run it if a slot is
