@@ -327,15 +327,21 @@ def test_job_list_pages_filters_refreshes_and_links(dash: Dash, page: Watched) -
     assert ids.index(filler[-1]) < ids.index(quick) < ids.index(slow), "newest first"
     page.shot(f"dashboard-job-list-{dash.topology}")
 
+    # The list on screen before a filter's answer arrives would pass a visibility check: wait
+    # for every row to have the status filtered for.
+    only = (
+        "s => { const rs = [...document.querySelectorAll('[data-testid=job-row]')];"
+        " return rs.length > 0 && rs.every(r => r.dataset.status === s); }"
+    )
     p.get_by_test_id("filter-running").click()
     expect(p).to_have_url(re.compile(r"#/\?status=running$"))
+    p.wait_for_function(only, arg="running")
     expect(row(slow)).to_be_visible()
     expect(row(quick)).to_have_count(0)
-    assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.status)")) == {"running"}
     p.get_by_test_id("filter-succeeded").click()
+    p.wait_for_function(only, arg="succeeded")
     expect(row(filler[-1])).to_be_visible()
     expect(row(slow)).to_have_count(0)
-    assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.status)")) == {"succeeded"}
     p.get_by_test_id("filter-failed").click()
     expect(row(filler[-1])).to_have_count(0)
 
