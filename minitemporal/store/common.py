@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import base64
 import collections
+import dataclasses
 import json
 import random
 import uuid
@@ -494,6 +495,14 @@ class SqlStore(Store):
 
         return await self._write(body)
 
+    async def _succeed_and_hand(
+        self, worker_id: str, params: list[Row], room: int, lease_seconds: float
+    ) -> CompleteResult | None:
+        """A report of successes alone in one round trip, where the backend has one (a chain
+        step): record them, claim up to `room` of the children they unblock for the worker,
+        finish jobs. None when it applied nothing: `complete`'s general path follows."""
+        return None
+
     async def complete(
         self,
         worker_id: str,
@@ -503,9 +512,24 @@ class SqlStore(Store):
         claim: Sequence[TaskRef] = (),
         lease_seconds: float = 0.0,
     ) -> CompleteResult:
+        params = [result_params(worker_id, r) for r in results]
+        if results and not claim and all(r.outcome is Outcome.SUCCEEDED for r in results):
+            fast = await self._succeed_and_hand(worker_id, params, max(want, 0), lease_seconds)
+            if fast is not None:
+                return await self._complete_rest(worker_id, results, params, fast)
+        return await self._complete(worker_id, results, params, want, claim, lease_seconds)
+
+    async def _complete(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        params: list[Row],
+        want: int,
+        claim: Sequence[TaskRef],
+        lease_seconds: float,
+    ) -> CompleteResult:
         async def body(tx: Tx) -> CompleteResult:
             changes = Changes(self, tx)
-            params = [result_params(worker_id, r) for r in results]
             enqueued: list[datetime | None] = [None] * len(results)
             duplicate = [False] * len(results)
             wins = [i for i, r in enumerate(results) if r.outcome is Outcome.SUCCEEDED]
@@ -545,6 +569,33 @@ class SqlStore(Store):
             )
 
         return await self._write(body)
+
+    async def _complete_rest(
+        self,
+        worker_id: str,
+        results: Sequence[TaskResult],
+        params: list[Row],
+        done: CompleteResult,
+    ) -> CompleteResult:
+        """Results the one-statement path did not record (another transaction changed their
+        node between its check and its update): the general path tells stale from duplicate."""
+        rest = [i for i, e in enumerate(done.enqueued_at) if e is None]
+        if not rest:
+            return done
+        more = await self._complete(
+            worker_id, [results[i] for i in rest], [params[i] for i in rest], 0, (), 0.0
+        )
+        enqueued = list(done.enqueued_at)
+        duplicate = [False] * len(results)
+        for i, e, d in zip(rest, more.enqueued_at, more.duplicate, strict=True):
+            enqueued[i], duplicate[i] = e, d
+        return dataclasses.replace(
+            done,
+            enqueued_at=tuple(enqueued),
+            duplicate=tuple(duplicate),
+            queued=tuple(sorted((*done.queued, *more.queued))),
+            finished_jobs=(*done.finished_jobs, *more.finished_jobs),
+        )
 
     # --- sweeps
     async def requeue_due_retries(self, limit: int = 1000) -> list[TaskRef]:

@@ -865,3 +865,76 @@ async def test_an_offered_attempt_its_worker_never_saw_is_given_back(store: Stor
     assert await store.requeue_due_retries() == [TaskRef(lost.ref.node, 2)]
     a = (await store.get_job(res.job_id)).nodes[0]
     assert [x.reason for x in a.attempts] == ["interrupted"], "not counted against retries"
+
+
+# --- reports of successes alone (PostgreSQL records them in one statement)
+
+
+async def test_a_last_success_finishes_its_job_by_the_job_rule(store: Store) -> None:
+    failed = await store.submit_job(spec(NodeSpec("a", "false"), NodeSpec("b", "true")))
+    a, b = await store.claim("w", failed.queued, 30)
+    await store.complete("w", [result(a.ref, Outcome.EXIT_CODE, 1)])
+    out = await store.complete("w", [result(b.ref)], want=1, lease_seconds=30)
+    assert [(f.job_id, f.status) for f in out.finished_jobs] == [(failed.job_id, JobStatus.FAILED)]
+    assert out.finished_jobs[0].duration_seconds >= 0
+
+    cancelled = await store.submit_job(spec(NodeSpec("c", "true")))
+    [c] = await store.claim("w", cancelled.queued, 30)
+    await store.cancel_job(cancelled.job_id)
+    out = await store.complete("w", [result(c.ref)], want=1, lease_seconds=30)
+    assert [f.status for f in out.finished_jobs] == [JobStatus.CANCELLED], "cancel asked first"
+    assert await states(store, cancelled.job_id) == {"c": NodeState.SUCCEEDED}
+
+    ok = await store.submit_job(spec(NodeSpec("d", "true")))
+    [d] = await store.claim("w", ok.queued, 30)
+    out = await store.complete("w", [result(d.ref)], want=1, lease_seconds=30)
+    assert [f.status for f in out.finished_jobs] == [JobStatus.SUCCEEDED]
+    job = await store.get_job(ok.job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.finished_at is not None
+
+
+async def test_successes_alone_hand_children_up_to_want_and_queue_the_rest(store: Store) -> None:
+    res = await store.submit_job(
+        spec(
+            NodeSpec("a", "true"),
+            *(
+                NodeSpec(f"m{i}", f"echo {i}", depends_on=("a",), env=(("K", "v"),))
+                for i in range(3)
+            ),
+        )
+    )
+    [a] = await store.claim("w", res.queued, 30)
+    out = await store.complete("w", [result(a.ref)], want=2, lease_seconds=30)
+    assert [t.node_id for t in out.claimed] == ["m0", "m1"] and len(out.queued) == 1
+    assert out.claimed[0].env == (("K", "v"),) and out.claimed[0].command == "echo 0"
+    assert not out.claimed[0].has_dependents and out.claimed[0].job_id == res.job_id
+    assert await store.claim("w2", [t.ref for t in out.claimed], 30) == []
+    hb = await store.heartbeat("w", [Beat(t.ref) for t in out.claimed], 30)
+    assert hb.lost == () and hb.cancel == (), "claimed for w: leased, with attempt rows"
+    [m2] = await store.claim("w2", out.queued, 30)
+    assert m2.node_id == "m2"
+    drained = await store.complete("w", [result(t.ref) for t in out.claimed], want=0)
+    assert drained.claimed == () and drained.finished_jobs == ()
+    last = await store.complete("w2", [result(m2.ref)])
+    assert [f.status for f in last.finished_jobs] == [JobStatus.SUCCEEDED]
+
+
+async def test_a_repeated_or_partly_stale_success_report_is_judged_per_result(
+    store: Store,
+) -> None:
+    res = await store.submit_job(
+        spec(NodeSpec("a", "true"), NodeSpec("b", "true"), NodeSpec("c", "true"))
+    )
+    a, b = await store.claim("w", res.queued[:2], 30)
+    first = await store.complete("w", [result(a.ref)], want=1, lease_seconds=30)
+    again = await store.complete("w", [result(a.ref)], want=1, lease_seconds=30)
+    assert first.accepted == again.accepted == (True,)
+    assert first.duplicate == (False,) and again.duplicate == (True,)
+    assert again.enqueued_at == (None,) and again.claimed == ()
+    mixed = await store.complete("w", [result(res.queued[2]), result(b.ref)])  # c: not ours
+    assert mixed.accepted == (False, True) and mixed.enqueued_at[1] is not None
+    assert await states(store, res.job_id) == {
+        "a": NodeState.SUCCEEDED,
+        "b": NodeState.SUCCEEDED,
+        "c": NodeState.QUEUED,
+    }

@@ -200,6 +200,108 @@ SELECT ARRAY(SELECT node_id FROM recorded ORDER BY node_id) AS recorded_ids,
        ARRAY(SELECT cancelled FROM job WHERE nodes_unfinished = 0 ORDER BY id) AS done_cancelled,
        (SELECT count(*) FROM done)::integer AS succeeded;
 
+-- name: succeed_and_hand
+-- A report of successes alone, as one autocommitted statement: a chain step's whole store
+-- round trip. It records them as `succeed_running` + `unblock_children` do, claims the first
+-- %(room)s children they made ready for the reporting worker as `claim` would (running,
+-- leased, an attempt row), and finishes the jobs it leaves with no unfinished node (the rule
+-- of `job_status_when_done`: cancelled if a cancel was requested, else failed if a node
+-- failed, else succeeded). It applies nothing (`applied` false) when the batch needs the
+-- store's other steps: a result that is not current, or a node or child with an idempotency
+-- key. Readiness is decided on the row as updated (a concurrent parent may have counted
+-- first); a child only this statement's snapshot saw freed is queued, not claimed.
+WITH reported AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(started)s::timestamptz[],
+        %(finished)s::timestamptz[], %(codes)s::integer[], %(out)s::text[], %(out_bytes)s::bigint[],
+        %(err)s::text[], %(err_bytes)s::bigint[]
+    ) AS r(id, attempt, started_at, finished_at, exit_code, stdout_tail, stdout_bytes,
+           stderr_tail, stderr_bytes)
+), simple AS (
+    SELECT (SELECT count(*) FROM nodes n JOIN reported r ON n.id = r.id
+            WHERE n.attempt = r.attempt AND n.state = 'running' AND n.worker_id = %(worker)s
+              AND n.idempotency_key IS NULL) = cardinality(%(ids)s::bigint[])
+       AND NOT EXISTS (SELECT 1 FROM node_edges e JOIN nodes c ON c.id = e.child_id
+                       WHERE e.parent_id = ANY (%(ids)s::bigint[])
+                         AND c.idempotency_key IS NOT NULL) AS ok
+), done AS (
+    UPDATE nodes n
+    SET state = 'succeeded', finished_at = r.finished_at, lease_until = NULL, deadline_at = NULL
+    FROM reported r
+    WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'running'
+      AND n.worker_id = %(worker)s AND (SELECT ok FROM simple)
+    RETURNING n.id, n.job_id
+), recorded AS (
+    UPDATE attempts a
+    SET started_at = COALESCE(a.started_at, r.started_at), finished_at = r.finished_at,
+        exit_code = r.exit_code, reason = 'succeeded',
+        stdout_tail = r.stdout_tail, stdout_bytes = r.stdout_bytes,
+        stderr_tail = r.stderr_tail, stderr_bytes = r.stderr_bytes
+    FROM reported r JOIN done d ON d.id = r.id
+    WHERE a.node_id = r.id AND a.attempt = r.attempt
+    RETURNING a.node_id, a.enqueued_at
+), unblocked AS (
+    SELECT e.child_id, count(*)::integer AS n
+    FROM node_edges e JOIN done ON e.parent_id = done.id
+    GROUP BY e.child_id
+), freed AS (
+    SELECT c.id, row_number() OVER (ORDER BY c.id) <= %(room)s AS hand
+    FROM nodes c JOIN unblocked u ON c.id = u.child_id
+    WHERE c.state = 'pending' AND c.deps_pending = u.n
+), ready AS (
+    UPDATE nodes c
+    SET deps_pending = c.deps_pending - u.n,
+        state = CASE WHEN c.deps_pending <> u.n THEN c.state
+                     WHEN f.hand THEN 'running' ELSE 'queued' END,
+        attempt = CASE WHEN c.deps_pending = u.n THEN 1 ELSE c.attempt END,
+        enqueued_at = CASE WHEN c.deps_pending = u.n THEN clock_timestamp() END,
+        worker_id = CASE WHEN c.deps_pending = u.n AND f.hand THEN %(worker)s END,
+        lease_until = CASE WHEN c.deps_pending = u.n AND f.hand
+                           THEN clock_timestamp() + make_interval(secs => %(lease)s) END,
+        deadline_at = CASE WHEN c.deps_pending = u.n AND f.hand
+                           THEN clock_timestamp()
+                                + make_interval(secs => c.timeout_seconds + %(lease)s) END
+    FROM unblocked u LEFT JOIN freed f ON f.id = u.child_id
+    WHERE c.id = u.child_id AND c.state = 'pending'
+    RETURNING c.id, c.attempt, c.state, c.job_id, c.node_id, c.command, c.timeout_seconds,
+              c.env, c.enqueued_at
+), handed AS (
+    INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
+    SELECT id, attempt, %(worker)s, enqueued_at, clock_timestamp()
+    FROM ready WHERE state = 'running'
+), per_job AS (
+    SELECT job_id, count(*)::integer AS n FROM done GROUP BY job_id
+), job AS (
+    UPDATE jobs j
+    SET nodes_unfinished = j.nodes_unfinished - p.n,
+        status = CASE WHEN j.nodes_unfinished > p.n OR j.status <> 'running' THEN j.status
+                      WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN j.nodes_failed > 0 THEN 'failed' ELSE 'succeeded' END,
+        finished_at = CASE WHEN j.nodes_unfinished > p.n OR j.status <> 'running'
+                           THEN j.finished_at ELSE clock_timestamp() END
+    FROM per_job p WHERE j.id = p.job_id
+    RETURNING j.id, j.status, j.nodes_unfinished,
+              extract(epoch FROM j.finished_at - j.created_at)::double precision AS duration
+)
+SELECT (SELECT ok FROM simple) AS applied,
+       ARRAY(SELECT node_id FROM recorded ORDER BY node_id) AS recorded_ids,
+       ARRAY(SELECT enqueued_at FROM recorded ORDER BY node_id) AS recorded_at,
+       ARRAY(SELECT id FROM ready WHERE state = 'queued' ORDER BY id) AS ready_ids,
+       ARRAY(SELECT attempt FROM ready WHERE state = 'queued' ORDER BY id) AS ready_attempts,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'id', h.id, 'attempt', h.attempt, 'job_id', h.job_id, 'node_id', h.node_id,
+                   'command', h.command, 'timeout_seconds', h.timeout_seconds, 'env', h.env,
+                   'has_dependents',
+                   EXISTS (SELECT 1 FROM node_edges e WHERE e.parent_id = h.id))
+               ORDER BY h.id), '[]'::jsonb)
+        FROM ready h WHERE h.state = 'running') AS handed,
+       ARRAY(SELECT id FROM job WHERE nodes_unfinished = 0 AND duration IS NOT NULL
+             ORDER BY id) AS done_jobs,
+       ARRAY(SELECT status FROM job WHERE nodes_unfinished = 0 AND duration IS NOT NULL
+             ORDER BY id) AS done_status,
+       ARRAY(SELECT duration FROM job WHERE nodes_unfinished = 0 AND duration IS NOT NULL
+             ORDER BY id) AS done_duration;
+
 -- name: lock_key
 -- Serialises every decision about one idempotency key (released at commit).
 SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0));

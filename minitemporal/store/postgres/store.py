@@ -24,6 +24,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from minitemporal.domain.model import (
     Beat,
+    ClaimedTask,
+    CompleteResult,
+    FinishedJob,
     JobStatus,
     NodeState,
     RetryPolicy,
@@ -152,6 +155,46 @@ class PostgresStore(SqlStore):
 
     async def _write(self, body: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
         return await self._tx(lambda conn: body(_PgTx(self._q, conn)), single=single)
+
+    async def _succeed_and_hand(
+        self, worker_id: str, params: list[Row], room: int, lease_seconds: float
+    ) -> CompleteResult | None:
+        """One autocommitted statement (no BEGIN, no separate claim, no COMMIT round trip)."""
+        args = {"worker": worker_id, "room": room, "lease": lease_seconds, **_columns(params)}
+
+        async def run(conn: Conn) -> Row | None:
+            cur = await conn.execute(self._q["succeed_and_hand"], args)
+            return await cur.fetchone()
+
+        row = await self._tx(run, single=True)
+        if row is None or not row["applied"]:
+            return None
+        recorded = dict(zip(row["recorded_ids"], row["recorded_at"], strict=True))
+        return CompleteResult(
+            enqueued_at=tuple(recorded.get(p["id"]) for p in params),
+            queued=tuple(
+                TaskRef(i, a) for i, a in zip(row["ready_ids"], row["ready_attempts"], strict=True)
+            ),
+            finished_jobs=tuple(
+                FinishedJob(str(j), JobStatus(status), duration)
+                for j, status, duration in zip(
+                    row["done_jobs"], row["done_status"], row["done_duration"], strict=True
+                )
+            ),
+            claimed=tuple(
+                ClaimedTask(
+                    ref=TaskRef(h["id"], h["attempt"]),
+                    job_id=str(h["job_id"]),
+                    node_id=h["node_id"],
+                    command=h["command"],
+                    timeout_seconds=h["timeout_seconds"],
+                    env=tuple((k, v) for k, v in h["env"]),
+                    has_dependents=h["has_dependents"],
+                )
+                for h in row["handed"]
+            ),
+            duplicate=(False,) * len(params),
+        )
 
     async def _read(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         """One snapshot for all of `body`'s statements (READ COMMITTED would let a job's
@@ -305,19 +348,7 @@ class _PgTx(Tx):
 
     async def succeed_running(self, worker: str, params: list[Row]) -> Succeeded | None:
         """One statement for the whole batch, its columns as arrays."""
-        columns = {
-            "ids": "id",
-            "attempts": "attempt",
-            "started": "started_at",
-            "finished": "finished_at",
-            "codes": "exit_code",
-            "out": "stdout_tail",
-            "out_bytes": "stdout_bytes",
-            "err": "stderr_tail",
-            "err_bytes": "stderr_bytes",
-        }
-        arrays = {name: [p[column] for p in params] for name, column in columns.items()}
-        return await self._succeed("succeed_running", {"worker": worker, **arrays})
+        return await self._succeed("succeed_running", {"worker": worker, **_columns(params)})
 
     async def succeed_cached(self, node: int, source: int) -> Succeeded | None:
         return await self._succeed("succeed_cached", {"id": node, "source": source})
@@ -383,6 +414,22 @@ class _PgTx(Tx):
 
     async def queued_tasks(self, age: float, limit: int) -> list[Row]:
         return await self._all("queued_tasks", {"age": age, "limit": limit})
+
+
+def _columns(params: list[Row]) -> dict[str, list[Any]]:
+    """Reported results as the arrays `succeed_running` and `succeed_and_hand` unnest."""
+    columns = {
+        "ids": "id",
+        "attempts": "attempt",
+        "started": "started_at",
+        "finished": "finished_at",
+        "codes": "exit_code",
+        "out": "stdout_tail",
+        "out_bytes": "stdout_bytes",
+        "err": "stderr_tail",
+        "err_bytes": "stderr_bytes",
+    }
+    return {name: [p[column] for p in params] for name, column in columns.items()}
 
 
 IDLE_CHECK_SECONDS = 1.0
