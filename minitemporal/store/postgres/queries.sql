@@ -241,27 +241,31 @@ WITH reported AS (
     WHERE a.node_id = r.id AND a.attempt = r.attempt
     RETURNING a.node_id, a.enqueued_at
 ), unblocked AS (
-    SELECT e.child_id, count(*)::integer AS n
-    FROM node_edges e JOIN done ON e.parent_id = done.id
-    GROUP BY e.child_id
-), freed AS (
-    SELECT c.id, row_number() OVER (ORDER BY c.id) <= %(room)s AS hand
-    FROM nodes c JOIN unblocked u ON c.id = u.child_id
-    WHERE c.state = 'pending' AND c.deps_pending = u.n
+    -- Per child: how many of its pending dependencies succeeded here, and whether it goes to
+    -- the worker (the first %(room)s freed, in id order). One join with `nodes`, by key: a
+    -- second one in the update below went quadratic on a wide fan-out's generic plan.
+    SELECT u.child_id, u.n,
+           c.deps_pending = u.n
+           AND row_number() OVER (ORDER BY c.deps_pending <> u.n, c.id) <= %(room)s AS hand
+    FROM (SELECT e.child_id, count(*)::integer AS n
+          FROM node_edges e JOIN done ON e.parent_id = done.id
+          GROUP BY e.child_id) u
+    JOIN nodes c ON c.id = u.child_id
+    WHERE c.state = 'pending'
 ), ready AS (
     UPDATE nodes c
     SET deps_pending = c.deps_pending - u.n,
         state = CASE WHEN c.deps_pending <> u.n THEN c.state
-                     WHEN f.hand THEN 'running' ELSE 'queued' END,
+                     WHEN u.hand THEN 'running' ELSE 'queued' END,
         attempt = CASE WHEN c.deps_pending = u.n THEN 1 ELSE c.attempt END,
         enqueued_at = CASE WHEN c.deps_pending = u.n THEN clock_timestamp() END,
-        worker_id = CASE WHEN c.deps_pending = u.n AND f.hand THEN %(worker)s END,
-        lease_until = CASE WHEN c.deps_pending = u.n AND f.hand
+        worker_id = CASE WHEN c.deps_pending = u.n AND u.hand THEN %(worker)s END,
+        lease_until = CASE WHEN c.deps_pending = u.n AND u.hand
                            THEN clock_timestamp() + make_interval(secs => %(lease)s) END,
-        deadline_at = CASE WHEN c.deps_pending = u.n AND f.hand
+        deadline_at = CASE WHEN c.deps_pending = u.n AND u.hand
                            THEN clock_timestamp()
                                 + make_interval(secs => c.timeout_seconds + %(lease)s) END
-    FROM unblocked u LEFT JOIN freed f ON f.id = u.child_id
+    FROM unblocked u
     WHERE c.id = u.child_id AND c.state = 'pending'
     RETURNING c.id, c.attempt, c.state, c.job_id, c.node_id, c.command, c.timeout_seconds,
               c.env, c.enqueued_at
