@@ -1,9 +1,11 @@
 """The PostgreSQL store: every operation one transaction, every state change compare-and-set.
 
 SQL lives in queries.sql; the operations' flow is shared with the embedded backend
-(`store.common`), and this module runs its steps as those statements. The success path stays
-one round trip (`succeed_running` + `unblock_children`). Driver errors become `Unavailable`
-here, at the boundary.
+(`store.common`), and this module runs its steps as those statements. A report of successes
+alone is one autocommitted statement (`succeed_and_hand`: record, unblock, claim the freed
+children for the reporter, finish jobs); other reports record their successes in one
+statement (`succeed_running` + `unblock_children`) inside the transaction. Driver errors
+become `Unavailable` here, at the boundary.
 """
 
 from __future__ import annotations
