@@ -755,18 +755,20 @@ class Changes:
 async def _claim(
     tx: Tx, worker_id: str, refs: Sequence[TaskRef], lease_seconds: float
 ) -> list[ClaimedTask]:
-    return [
-        ClaimedTask(
-            ref=TaskRef(r["id"], r["attempt"]),
-            job_id=str(r["job_id"]),
-            node_id=r["node_id"],
-            command=r["command"],
-            timeout_seconds=r["timeout_seconds"],
-            env=tuple((k, v) for k, v in r["env"]),
-            has_dependents=r["has_dependents"],
-        )
-        for r in await tx.claim(worker_id, refs, lease_seconds)
-    ]
+    return [claimed_task(r) for r in await tx.claim(worker_id, refs, lease_seconds)]
+
+
+def claimed_task(r: Row) -> ClaimedTask:
+    """A claimed attempt as the store's claim statements return it."""
+    return ClaimedTask(
+        ref=TaskRef(r["id"], r["attempt"]),
+        job_id=str(r["job_id"]),
+        node_id=r["node_id"],
+        command=r["command"],
+        timeout_seconds=r["timeout_seconds"],
+        env=tuple((k, v) for k, v in r["env"]),
+        has_dependents=r["has_dependents"],
+    )
 
 
 async def _recorded(tx: Tx, params: Row, result: TaskResult) -> bool:

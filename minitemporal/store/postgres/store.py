@@ -26,7 +26,6 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from minitemporal.domain.model import (
     Beat,
-    ClaimedTask,
     CompleteResult,
     FinishedJob,
     JobStatus,
@@ -45,6 +44,7 @@ from minitemporal.store.common import (
     SqlStore,
     Succeeded,
     Tx,
+    claimed_task,
 )
 from minitemporal.store.sqlfile import load_queries, load_text
 
@@ -183,18 +183,7 @@ class PostgresStore(SqlStore):
                     row["done_jobs"], row["done_status"], row["done_duration"], strict=True
                 )
             ),
-            claimed=tuple(
-                ClaimedTask(
-                    ref=TaskRef(h["id"], h["attempt"]),
-                    job_id=str(h["job_id"]),
-                    node_id=h["node_id"],
-                    command=h["command"],
-                    timeout_seconds=h["timeout_seconds"],
-                    env=tuple((k, v) for k, v in h["env"]),
-                    has_dependents=h["has_dependents"],
-                )
-                for h in row["handed"]
-            ),
+            claimed=tuple(claimed_task(h) for h in row["handed"]),
             duplicate=(False,) * len(params),
         )
 
