@@ -209,7 +209,9 @@ SELECT ARRAY(SELECT node_id FROM recorded ORDER BY node_id) AS recorded_ids,
 -- failed, else succeeded). It applies nothing (`applied` false) when the batch needs the
 -- store's other steps: a result that is not current, or a node or child with an idempotency
 -- key. Readiness is decided on the row as updated (a concurrent parent may have counted
--- first); a child only this statement's snapshot saw freed is queued, not claimed.
+-- first); a child only this statement's snapshot saw freed is queued, not claimed. A declined
+-- call costs its round trip: a keyed node's success measured 2.0-2.2 ms against 1.3-1.6 ms
+-- on the transaction path alone (the report does not say which nodes hold keys).
 WITH reported AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::integer[], %(started)s::timestamptz[],
