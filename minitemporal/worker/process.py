@@ -4,10 +4,11 @@ The command runs as `/bin/sh -c <command>` in a new session (so its process grou
 pid), optionally as another user and under resource limits set by `prlimit` before the exec
 (no `preexec_fn`: it is unsafe in a process with threads, and grpc has threads). Ending an
 attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which also takes
-background children and commands that trap SIGTERM. Output arrives through a subprocess
-protocol's callbacks straight into two fixed-size tails, so memory stays flat whatever the
-command prints, and an attempt costs no reader tasks: this is the worker's hot path, and it
-uses plain asyncio futures rather than task groups for that reason.
+background children and commands that trap SIGTERM. The child is spawned by `Popen` itself
+and its start stamped the moment it has exec'd; its pipes then go on the loop, and their
+protocol callbacks feed two fixed-size tails, so memory stays flat whatever the command
+prints, and an attempt costs no reader tasks: this is the worker's hot path, and it uses plain
+asyncio futures rather than task groups for that reason. A pidfd on the loop tells the exit.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 import time
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -136,22 +136,6 @@ class RunResult:
     spawn_seconds: float = 0.0
 
 
-def use_pidfd_child_watcher() -> None:
-    """On Python 3.11, wait for children with pidfds instead of a thread per child (3.12+ does
-    this by default): spawning is faster and needs no thread. Call inside the running loop."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:  # a kernel without pidfd_open (before 5.3)
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -167,26 +151,88 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-class _Capture(asyncio.SubprocessProtocol):
-    """Feeds stdout and stderr into their tails; resolves futures on exit and on EOF."""
+class _Sink(asyncio.Protocol):
+    """One output pipe into its tail."""
 
-    def __init__(self, out: TailBuffer, err: TailBuffer, loop: asyncio.AbstractEventLoop) -> None:
-        self._sinks = {1: out, 2: err}
-        self._open = {1, 2}
+    def __init__(self, tail: TailBuffer, closed: Callable[[], None]) -> None:
+        self._tail = tail
+        self._closed = closed
+
+    def data_received(self, data: bytes) -> None:
+        self._tail.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: the pipe has no writer left
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed()
+
+
+class _Child:
+    """A spawned command on the loop: its two output pipes feed the tails, and `exited`
+    resolves when it has exited and was reaped, `pipes_closed` when both pipes hit EOF.
+
+    The exit is told by a pidfd on the loop (Linux 5.3+); elsewhere by a thread that waits for
+    this one child. Nothing else reaps it: asyncio's child watchers wait for their own pids."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
         self.exited: asyncio.Future[None] = loop.create_future()
         self.pipes_closed: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._open = 2
+        self._pipes: list[asyncio.BaseTransport] = []
+        self._pidfd: int | None = None
 
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        self._sinks[fd].feed(data if isinstance(data, bytes) else data.encode())
+    async def attach(self, out: TailBuffer, err: TailBuffer) -> None:
+        self._watch_exit()
+        for pipe, tail in ((self.proc.stdout, out), (self.proc.stderr, err)):
+            transport, _ = await self._loop.connect_read_pipe(
+                lambda tail=tail: _Sink(tail, self._pipe_closed), pipe
+            )
+            self._pipes.append(transport)
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self._open.discard(fd)
-        if not self._open and not self.pipes_closed.done():
+    def _pipe_closed(self) -> None:
+        self._open -= 1
+        if self._open == 0 and not self.pipes_closed.done():
             self.pipes_closed.set_result(None)
 
-    def process_exited(self) -> None:
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+            threading.Thread(target=self._wait_in_thread, daemon=True).start()
+            return
+        self._loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        self._forget_pidfd()
+        self.proc.poll()  # exited (the pidfd is readable): reaps without blocking
         if not self.exited.done():
             self.exited.set_result(None)
+
+    def _wait_in_thread(self) -> None:
+        self.proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._exited_elsewhere)
+
+    def _exited_elsewhere(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _forget_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def close(self) -> None:
+        for transport in self._pipes:
+            transport.close()
+        self._forget_pidfd()
+        if self.proc.returncode is None:  # not reaped yet: the group was ended, wait briefly
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=0.1)
 
 
 class Execution:
@@ -213,9 +259,11 @@ class Execution:
         self._stopped = loop.create_future()
         t0 = time.perf_counter()
         try:
-            transport, capture = await loop.subprocess_exec(
-                lambda: _Capture(out, err, loop),
-                *command_argv(self.spec.command, self.spec.limits),
+            # Popen returns once the child has exec'd (or failed to): the command runs from
+            # here, before any pipe is on the loop. It blocks the loop as long as
+            # asyncio's own subprocess_exec would: vfork and exec, well under a millisecond.
+            proc = subprocess.Popen(  # noqa: ASYNC220 - as asyncio would, see above
+                command_argv(self.spec.command, self.spec.limits),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -229,21 +277,23 @@ class Execution:
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             err.feed(f"minitemporal: could not start the command: {exc}\n".encode())
             return self._result(Outcome.EXIT_CODE, 127, None, out, err)
-        spawn_seconds = time.perf_counter() - t0
         self.started_at = datetime.now(UTC)
-        pgid = transport.get_pid()
+        spawn_seconds = time.perf_counter() - t0
+        pgid = proc.pid  # a new session: the group is the child's pid
+        child = _Child(proc, loop)
         try:
-            outcome = await self._supervise(capture, pgid)
+            await child.attach(out, err)
+            outcome = await self._supervise(child, pgid)
             finished_at = datetime.now(UTC)
             # Nothing of the attempt outlives it: end stragglers left in the group.
             if _group_alive(pgid):
                 await _terminate_group(pgid, self.spec.kill_grace)
             # Pipes reach EOF once the group is gone; a child that escaped the group (setsid)
             # may keep them open, so do not wait for it long.
-            await asyncio.wait({capture.pipes_closed}, timeout=PIPES_GRACE)
+            await asyncio.wait({child.pipes_closed}, timeout=PIPES_GRACE)
         finally:
-            transport.close()
-        code = transport.get_returncode()
+            child.close()
+        code = proc.returncode
         if outcome is Outcome.SUCCEEDED and code != 0:
             outcome = Outcome.EXIT_CODE
         return RunResult(
@@ -256,18 +306,18 @@ class Execution:
             spawn_seconds=spawn_seconds,
         )
 
-    async def _supervise(self, capture: _Capture, pgid: int) -> Outcome:
+    async def _supervise(self, child: _Child, pgid: int) -> Outcome:
         """Wait for the exit, the timeout or a stop request; end the group if not exited."""
         assert self._stopped is not None
         await asyncio.wait(
-            {capture.exited, self._stopped},
+            {child.exited, self._stopped},
             timeout=self.spec.timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        if capture.exited.done():
+        if child.exited.done():
             return Outcome.SUCCEEDED  # refined to EXIT_CODE by the caller
         reason = self._stop_reason or Outcome.TIMEOUT
-        await _terminate_group(pgid, self.spec.kill_grace, capture.exited)
+        await _terminate_group(pgid, self.spec.kill_grace, child.exited)
         return reason
 
     def _result(

@@ -61,7 +61,6 @@ from minitemporal.worker.process import (
     ResourceLimits,
     RunResult,
     RunSpec,
-    use_pidfd_child_watcher,
 )
 
 log = logging.getLogger("minitemporal.worker")
@@ -187,7 +186,6 @@ class Worker:
     async def run(self, stopping: anyio.Event) -> None:
         """Work until `stopping` is set, then drain: finish, give back, report."""
         self._stopping = stopping
-        use_pidfd_child_watcher()
         log.info(
             "worker started", extra={"worker": self.config.worker_id, "slots": self.config.slots}
         )
