@@ -37,6 +37,19 @@ async def test_exit_codes_output_env_and_cwd(tmp_path: Path) -> None:
     assert bad.outcome is Outcome.EXIT_CODE and bad.exit_code == 7
 
 
+async def test_without_pidfds_a_thread_tells_the_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise OSError(38, "pidfd_open: not implemented")  # a kernel before 5.3
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    res = await Execution(spec("echo out; exit 3", tmp_path)).run()
+    assert (res.outcome, res.exit_code, res.stdout.tail) == (Outcome.EXIT_CODE, 3, "out\n")
+    slow = await Execution(spec("sleep 30", tmp_path, timeout=0.3, grace=0.3)).run()
+    assert slow.outcome is Outcome.TIMEOUT and slow.exit_code is not None
+
+
 async def test_timeout_kills_the_whole_group_even_if_sigterm_is_trapped(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     command = (
