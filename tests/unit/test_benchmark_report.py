@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks import report
 from benchmarks.cli import build_parser, make_plan, parse_workloads
-from benchmarks.workloads import ROWS, Plan, lookup
+from benchmarks.stats import Span
+from benchmarks.workloads import ROWS, Plan, SpanRun, burst_figures, lookup
 
 
 def test_workloads_by_name_or_letter() -> None:
@@ -66,3 +67,15 @@ def test_the_recorded_command_leaves_out_the_results_path() -> None:
         command_line(["--slots", "16", "--out", "/x/y.json"]) == "python -m benchmarks --slots 16"
     )
     assert command_line(["--out=/x/y.json", "--full"]) == "python -m benchmarks --full"
+
+
+def test_burst_figures_count_from_the_first_submit_call_whenever_nodes_were_enqueued() -> None:
+    # One job (every node enqueued at once, late) against one-by-one publishing (early):
+    # the same start times give the same burst→start figures, different enqueue→start ones.
+    starts = [10.5, 11.0, 11.5]
+    at_once = SpanRun([Span(10.4, s, s + 0.1) for s in starts], since=10.0, submitted=10.4)
+    one_by_one = SpanRun([Span(s - 0.05, s, s + 0.1) for s in starts], since=10.0, submitted=11.45)
+    a, b = burst_figures(at_once), burst_figures(one_by_one)
+    assert a["burst_to_start_ms"]["p50"] == b["burst_to_start_ms"]["p50"] == pytest.approx(1000.0)
+    assert a["enqueue_to_start_ms"]["p50"] == pytest.approx(600.0)
+    assert b["enqueue_to_start_ms"]["p50"] == pytest.approx(50.0)
