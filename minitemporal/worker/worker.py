@@ -67,7 +67,6 @@ log = logging.getLogger("minitemporal.worker")
 PREFETCH_MAX_RUN = 0.5  # seconds: prefetch only what the slots start within this long
 PREFETCH_WAIT = 1.0  # a prefetched attempt not started after this long is released
 POP_WAITED = 0.005  # seconds: a pop that took longer waited on an empty queue
-REPORTS_IN_FLIGHT = 1  # concurrent result reports: more cost CPU in small batches, for no gain here
 
 
 def prefetch_limit(prefetch: int, slots: int, run_average: float) -> int:
@@ -446,6 +445,15 @@ class Worker:
         if not keep:
             self._slots.give(1)
         self._changed.set()
+        unblocks = task.has_dependents and result.outcome is Outcome.SUCCEEDED
+        if held.report:
+            self._queue_report(task.ref, result, permit=keep, unblocks=unblocks)
+            if unblocks:
+                # Children wait on this report's round trip: let the reporter send it before
+                # the log line and the metrics. (A leaf's report waits: more join its batch.)
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            self._held.pop(task.ref, None)
         self.metrics.spawn_seconds.observe(result.spawn_seconds)
         self.metrics.tasks_run.labels(result.outcome.value).inc()
         level = logging.INFO if result.outcome is Outcome.SUCCEEDED else logging.WARNING
@@ -455,11 +463,6 @@ class Worker:
             result.outcome.value,
             extra={**fields, "exit_code": result.exit_code},
         )
-        if held.report:
-            unblocks = task.has_dependents and result.outcome is Outcome.SUCCEEDED
-            self._queue_report(task.ref, result, permit=keep, unblocks=unblocks)
-        else:
-            self._held.pop(task.ref, None)
         self._workdirs.discard(workdir)
 
     # --- reporting
@@ -479,27 +482,16 @@ class Worker:
         self._reports.wake.set()
 
     async def _reporter(self) -> None:
-        """Send what finished, a few reports in flight at once: attempts finish faster than
-        one report's round trip, and a slot waits for its report to be refilled."""
-        in_flight = anyio.Semaphore(REPORTS_IN_FLIGHT)
+        """Send what finished, one report in flight: what finishes meanwhile goes in the next
+        batch. Two or three in flight measured slower (more calls, smaller batches), so the
+        report is sent from here, without a task of its own."""
         while True:
             if not self._reports.pending:
                 self._reports.wake = anyio.Event()
                 await self._reports.wake.wait()
-            await in_flight.acquire()
             batch, self._reports.pending = self._reports.pending, []
-            if not batch:
-                in_flight.release()
-                continue
-            if self._tg is None:  # pragma: no cover - the reporter runs inside run()
-                raise RuntimeError("the worker is not running")
-            self._tg.start_soon(self._report, batch, in_flight)
-
-    async def _report(self, batch: list[_Report], in_flight: anyio.Semaphore) -> None:
-        try:
-            await self._send(batch)
-        finally:
-            in_flight.release()
+            if batch:
+                await self._send(batch)
 
     async def _send(self, batch: list[_Report]) -> None:
         want = sum(r.permit for r in batch)
