@@ -173,3 +173,27 @@ async def test_a_new_jobs_root_goes_straight_to_an_idle_workers_offer(
     finally:
         await client.close()
         await server.stop(grace=None)
+
+
+async def test_a_report_hands_part_of_a_fan_out_and_the_rest_reaches_the_queue(
+    service: SchedulerService,
+) -> None:
+    port = free_port()
+    server = await serve(service, port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
+    )
+    try:
+        children = tuple(NodeSpec(f"c{i}", "true", depends_on=("root",)) for i in range(3))
+        res = await service.store.submit_job(JobSpec("fan", (NodeSpec("root", "true"), *children)))
+        [root] = await client.claim("w", res.queued)
+        now = datetime.now(UTC)
+        done = TaskResult(root.ref, Outcome.SUCCEEDED, 0, now, now, Output(), Output())
+        accepted, handed = await client.complete("w", [done], want=1)
+        assert accepted == [True] and [t.node_id for t in handed] == ["c0"]
+        # The other two are pushed once the reply is on its way (in one push): wait for it.
+        rest = await client.claim("w2", await service.queue.pop(5, 10.0))
+        assert sorted(t.node_id for t in rest) == ["c1", "c2"]
+    finally:
+        await client.close()
+        await server.stop(grace=None)
