@@ -43,6 +43,19 @@ async def service(database_url: str) -> AsyncIterator[SchedulerService]:
     await store.close()
 
 
+@pytest.fixture
+async def client(service: SchedulerService) -> AsyncIterator[SchedulerClient]:
+    """A worker's session client of a scheduler serving `service`."""
+    port = free_port()
+    server = await serve(service, port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
+    )
+    yield client
+    await client.close()
+    await server.stop(grace=None)
+
+
 async def serve(service: SchedulerService, port: int, secret: str = "s3cret"):
     server, _ = build_server(
         service, Metrics().grpc, HealthServicer(), secret=secret, address=f"127.0.0.1:{port}"
@@ -112,88 +125,68 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
 
 
 async def test_a_new_jobs_root_goes_straight_to_an_idle_workers_offer(
-    service: SchedulerService,
+    service: SchedulerService, client: SchedulerClient
 ) -> None:
-    port = free_port()
-    server = await serve(service, port)
-    client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
-    )
-    try:
-        got: list[list[ClaimedTask]] = []
-        async with anyio.create_task_group() as tg:
+    got: list[list[ClaimedTask]] = []
+    async with anyio.create_task_group() as tg:
 
-            async def offer() -> None:
-                got.append(await client.offer("w", 2, 10.0))
+        async def offer() -> None:
+            got.append(await client.offer("w", 2, 10.0))
 
-            tg.start_soon(offer)
-            await wait_until(lambda: len(service.offers) == 1, "the offer")
-            spec = JobSpec(
-                "j", (NodeSpec("a", "echo a", "a"), NodeSpec("b", "echo b", "b", depends_on=("a",)))
-            )
-            view, created = await service.submit_job(
-                spec, idempotency_key=None, request_digest=None
-            )
-        assert created and [[t.node_id for t in ts] for ts in got] == [["a"]]
-        assert got[0][0].command == "echo a" and got[0][0].has_dependents
-        assert view.node_counts == {"pending": 1, "running": 1}
-        job = await service.get_job(view.id)
-        assert [x.worker_id for x in job.nodes[0].attempts] == ["w"], "claimed, in the store"
-        assert await service.queue.depth() == 0, "nothing went through the queue"
-        assert service.metrics.dispatched.labels("offer")._value.get() == 1
-
-        # Withdrawn: answered at once, empty; the next job goes to the queue.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(offer)
-            await wait_until(lambda: len(service.offers) == 1, "the second offer")
-            with anyio.fail_after(5):
-                await client.withdraw_offer("w")
-        assert got[1] == [] and len(service.offers) == 0
-        res, _ = await service.submit_job(
-            JobSpec("q", (NodeSpec("x", "true", "x"),)), idempotency_key=None, request_digest=None
+        tg.start_soon(offer)
+        await wait_until(lambda: len(service.offers) == 1, "the offer")
+        spec = JobSpec(
+            "j", (NodeSpec("a", "echo a", "a"), NodeSpec("b", "echo b", "b", depends_on=("a",)))
         )
-        assert await service.queue.depth() == 1 and res.node_counts == {"queued": 1}
+        view, created = await service.submit_job(spec, idempotency_key=None, request_digest=None)
+    assert created and [[t.node_id for t in ts] for ts in got] == [["a"]]
+    assert got[0][0].command == "echo a" and got[0][0].has_dependents
+    assert view.node_counts == {"pending": 1, "running": 1}
+    job = await service.get_job(view.id)
+    assert [x.worker_id for x in job.nodes[0].attempts] == ["w"], "claimed, in the store"
+    assert await service.queue.depth() == 0, "nothing went through the queue"
+    assert service.metrics.dispatched.labels("offer")._value.get() == 1
 
-        # A session that ends takes its standing offer with it.
-        broken: list[Exception] = []
+    # Withdrawn: answered at once, empty; the next job goes to the queue.
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(offer)
+        await wait_until(lambda: len(service.offers) == 1, "the second offer")
+        with anyio.fail_after(5):
+            await client.withdraw_offer("w")
+    assert got[1] == [] and len(service.offers) == 0
+    res, _ = await service.submit_job(
+        JobSpec("q", (NodeSpec("x", "true", "x"),)), idempotency_key=None, request_digest=None
+    )
+    assert await service.queue.depth() == 1 and res.node_counts == {"queued": 1}
 
-        async def doomed_offer() -> None:
-            try:
-                await client.offer("w", 2, 10.0)
-            except Unavailable as exc:
-                broken.append(exc)
+    # A session that ends takes its standing offer with it.
+    broken: list[Exception] = []
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(doomed_offer)
-            await wait_until(lambda: len(service.offers) == 1, "the third offer")
-            with anyio.fail_after(5):
-                await client.end_session()
-        assert len(broken) == 1, "the call in flight fails at once, it does not wait out its time"
-        await wait_until(lambda: len(service.offers) == 0, "the offer to lapse with its session")
-    finally:
-        await client.close()
-        await server.stop(grace=None)
+    async def doomed_offer() -> None:
+        try:
+            await client.offer("w", 2, 10.0)
+        except Unavailable as exc:
+            broken.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(doomed_offer)
+        await wait_until(lambda: len(service.offers) == 1, "the third offer")
+        with anyio.fail_after(5):
+            await client.end_session()
+    assert len(broken) == 1, "the call in flight fails at once, it does not wait out its time"
+    await wait_until(lambda: len(service.offers) == 0, "the offer to lapse with its session")
 
 
 async def test_a_report_hands_part_of_a_fan_out_and_the_rest_reaches_the_queue(
-    service: SchedulerService,
+    service: SchedulerService, client: SchedulerClient
 ) -> None:
-    port = free_port()
-    server = await serve(service, port)
-    client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
-    )
-    try:
-        children = tuple(NodeSpec(f"c{i}", "true", depends_on=("root",)) for i in range(3))
-        res = await service.store.submit_job(JobSpec("fan", (NodeSpec("root", "true"), *children)))
-        [root] = await client.claim("w", res.queued)
-        now = datetime.now(UTC)
-        done = TaskResult(root.ref, Outcome.SUCCEEDED, 0, now, now, Output(), Output())
-        accepted, handed = await client.complete("w", [done], want=1)
-        assert accepted == [True] and [t.node_id for t in handed] == ["c0"]
-        # The other two are pushed once the reply is on its way (in one push): wait for it.
-        rest = await client.claim("w2", await service.queue.pop(5, 10.0))
-        assert sorted(t.node_id for t in rest) == ["c1", "c2"]
-    finally:
-        await client.close()
-        await server.stop(grace=None)
+    children = tuple(NodeSpec(f"c{i}", "true", depends_on=("root",)) for i in range(3))
+    res = await service.store.submit_job(JobSpec("fan", (NodeSpec("root", "true"), *children)))
+    [root] = await client.claim("w", res.queued)
+    now = datetime.now(UTC)
+    done = TaskResult(root.ref, Outcome.SUCCEEDED, 0, now, now, Output(), Output())
+    accepted, handed = await client.complete("w", [done], want=1)
+    assert accepted == [True] and [t.node_id for t in handed] == ["c0"]
+    # The other two went to the queue after the commit: another worker can claim them.
+    rest = await client.claim("w2", await service.queue.pop(5, 10.0))
+    assert sorted(t.node_id for t in rest) == ["c1", "c2"]
