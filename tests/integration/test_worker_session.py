@@ -3,7 +3,7 @@ stream failing calls as Unavailable, and reconnection."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import anyio
@@ -28,6 +28,7 @@ from minitemporal.rpc.client import SchedulerClient
 from minitemporal.rpc.server import build_server
 from minitemporal.scheduler.service import SchedulerService
 from minitemporal.store.postgres import PostgresStore
+from tests.support.procs import wait_until
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.anyio
@@ -115,13 +116,6 @@ async def test_a_wrong_secret_is_refused_on_the_session(service: SchedulerServic
     finally:
         await client.close()
         await server.stop(grace=None)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = anyio.current_time() + timeout
-    while not predicate():
-        assert anyio.current_time() < deadline, f"timed out waiting for {what}"
-        await anyio.sleep(0.01)
 
 
 async def test_a_new_jobs_root_goes_straight_to_an_idle_workers_offer(

@@ -8,14 +8,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 
 from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` on the event loop until it holds; fail after `timeout` seconds."""
+    deadline = anyio.current_time() + timeout
+    while not predicate():
+        assert anyio.current_time() < deadline, f"timed out waiting for {what}"
+        await anyio.sleep(0.01)
 
 
 def pid_alive(pid: int) -> bool:
