@@ -161,9 +161,6 @@ class _Sink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._tail.feed(data)
 
-    def eof_received(self) -> bool:
-        return False  # close the transport: the pipe has no writer left
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed()
 
@@ -208,15 +205,14 @@ class _Child:
     def _reap(self) -> None:
         self._forget_pidfd()
         self.proc.poll()  # exited (the pidfd is readable): reaps without blocking
-        if not self.exited.done():
-            self.exited.set_result(None)
+        self._set_exited()
 
     def _wait_in_thread(self) -> None:
         self.proc.wait()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-            self._loop.call_soon_threadsafe(self._exited_elsewhere)
+            self._loop.call_soon_threadsafe(self._set_exited)
 
-    def _exited_elsewhere(self) -> None:
+    def _set_exited(self) -> None:
         if not self.exited.done():
             self.exited.set_result(None)
 
@@ -229,10 +225,10 @@ class _Child:
     def close(self) -> None:
         for transport in self._pipes:
             transport.close()
-        self._forget_pidfd()
-        if self.proc.returncode is None:  # not reaped yet: the group was ended, wait briefly
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=0.1)
+        if self.proc.poll() is None:  # still running: the run was cancelled
+            _signal_group(self.proc.pid, signal.SIGKILL)  # the exit watch still reaps it
+        else:
+            self._forget_pidfd()
 
 
 class Execution:

@@ -12,7 +12,7 @@ import pytest
 
 from minitemporal.domain.model import Outcome
 from minitemporal.worker.process import Execution, ResourceLimits, RunSpec, command_argv
-from tests.support.procs import pid_alive
+from tests.support.procs import pid_alive, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -69,6 +69,19 @@ async def test_background_stragglers_are_ended_after_a_normal_exit(tmp_path: Pat
     res = await Execution(spec(f"sleep 60 & echo $! > {pidfile}; echo done", tmp_path)).run()
     assert res.outcome is Outcome.SUCCEEDED and res.stdout.tail == "done\n"
     assert not pid_alive(int(pidfile.read_text()))
+
+
+async def test_a_cancelled_run_leaves_no_command_running(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    execution = Execution(spec(f"echo $$ > {pidfile}; exec sleep 30", tmp_path))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(execution.run)
+        await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "pid")
+        started = time.monotonic()
+        tg.cancel_scope.cancel()
+    assert time.monotonic() - started < 0.05, "cancelling does not block the loop"
+    pid = int(pidfile.read_text())
+    await wait_until(lambda: not pid_alive(pid), "the command to be gone", timeout=5)
 
 
 async def test_stop_cancels_a_running_command(tmp_path: Path) -> None:
