@@ -209,9 +209,10 @@ SELECT ARRAY(SELECT node_id FROM recorded ORDER BY node_id) AS recorded_ids,
 -- failed, else succeeded). It applies nothing (`applied` false) when the batch needs the
 -- store's other steps: a result that is not current, or a node or child with an idempotency
 -- key. Readiness is decided on the row as updated (a concurrent parent may have counted
--- first); a child only this statement's snapshot saw freed is queued, not claimed. A declined
--- call costs its round trip: a keyed node's success measured 2.0-2.2 ms against 1.3-1.6 ms
--- on the transaction path alone (the report does not say which nodes hold keys).
+-- first); when there are more children than room, one freed only by that concurrent parent
+-- is queued, not claimed. A declined call costs its round trip: a keyed node's success
+-- measured 2.0-2.2 ms against 1.3-1.6 ms on the transaction path alone (the report does not
+-- say which nodes hold keys).
 WITH reported AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::integer[], %(started)s::timestamptz[],
@@ -244,11 +245,14 @@ WITH reported AS (
     RETURNING a.node_id, a.enqueued_at
 ), unblocked AS (
     -- Per child: how many of its pending dependencies succeeded here, and whether it goes to
-    -- the worker (the first %(room)s freed, in id order). One join with `nodes`, by key: a
-    -- second one in the update below went quadratic on a wide fan-out's generic plan.
+    -- the worker if freed: every child when there is room for all (a fan-in's sink freed only
+    -- once a concurrent parent's report commits is handed, not queued), else the first
+    -- %(room)s this snapshot sees freed, in id order. One join with `nodes`, by key: a second
+    -- one in the update below went quadratic on a wide fan-out's generic plan.
     SELECT u.child_id, u.n,
-           c.deps_pending = u.n
-           AND row_number() OVER (ORDER BY c.deps_pending <> u.n, c.id) <= %(room)s AS hand
+           count(*) OVER () <= %(room)s
+           OR (c.deps_pending = u.n
+               AND row_number() OVER (ORDER BY c.deps_pending <> u.n, c.id) <= %(room)s) AS hand
     FROM (SELECT e.child_id, count(*)::integer AS n
           FROM node_edges e JOIN done ON e.parent_id = done.id
           GROUP BY e.child_id) u
