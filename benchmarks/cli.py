@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker slots of minitemporal and Celery's --concurrency [default: 4]",
     )
     g.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        help="split --slots over this many minitemporal worker processes (split topology "
+        "only; Celery keeps one worker with --concurrency = --slots) [default: 1]",
+    )
+    g.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -308,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--backend embedded runs only as one process: use --topology all")
     if args.slots < 1:
         parser.error("--slots must be at least 1")
+    if args.worker_processes < 1:
+        parser.error("--worker-processes must be at least 1")
+    if args.worker_processes > 1 and (args.topology != "split" or args.api_url):
+        parser.error("--worker-processes needs the split topology the suite starts itself")
+    if args.worker_processes > args.slots:
+        parser.error("--worker-processes cannot exceed --slots (each needs a slot)")
     peer = None if args.peer == "none" else args.peer
     suite = Suite(args)
 
@@ -333,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             "backend": None if args.api_url else args.backend,
             "api_url": args.api_url,
             "slots": args.slots,
+            "worker_processes": args.worker_processes,
             "peer": args.peer,
             "workloads": args.workloads,
             "full": args.full,
@@ -371,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                     redis_url,
                     redis_prefix if redis_url else None,
                     log_level=args.log_level,
+                    workers=args.worker_processes,
                 )
                 stack.callback(lambda: exit_codes.update(system.stop()))
                 say(f"starting minitemporal ({args.topology}, {args.backend})")
@@ -388,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     "one process --roles all"
                     if args.topology == "all"
                     else "split: api, scheduler, worker processes"
+                    if args.worker_processes == 1
+                    else f"split: api, scheduler, {args.worker_processes} worker processes"
                 )
                 store = (
                     "PostgreSQL + Redis"

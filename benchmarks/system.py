@@ -165,6 +165,13 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def worker_slots(slots: int, workers: int) -> list[int]:
+    """`slots` shared out among `workers` processes as evenly as they go (17 over 2: 9, 8)."""
+    if workers < 1 or slots < workers:
+        raise ValueError(f"cannot share {slots} slot(s) among {workers} worker process(es)")
+    return [slots // workers + (i < slots % workers) for i in range(workers)]
+
+
 @dataclass
 class Minitemporal:
     """minitemporal processes of one run: `all` (one process) or `split` (one per role)."""
@@ -176,17 +183,18 @@ class Minitemporal:
     redis_url: str | None
     redis_prefix: str | None
     log_level: str = "info"
+    workers: int = 1  # worker processes (split only); `slots` are shared out among them
     procs: list[Proc] = field(default_factory=list)
     api_url: str = ""
 
-    def _env(self, name: str, secret: str) -> dict[str, str]:
+    def _env(self, name: str, secret: str, slots: int | None = None) -> dict[str, str]:
         env = base_env()
         env.update(
             {
                 "MINITEMPORAL_GRPC_SECRET": secret,
                 "MINITEMPORAL_LOG_LEVEL": self.log_level,
                 "MINITEMPORAL_LOG_FORMAT": "json",
-                "MINITEMPORAL_WORKER_SLOTS": str(self.slots),
+                "MINITEMPORAL_WORKER_SLOTS": str(self.slots if slots is None else slots),
                 "MINITEMPORAL_WORKER_ID": f"bench-{name}",
             }
         )
@@ -225,14 +233,19 @@ class Minitemporal:
             api = self._proc("all", "all", env)
             api.start().wait_healthy(deadline)
         else:
-            roles = ("scheduler", "api", "worker")
-            for role in roles:
-                env = self._env(role, secret)
+            workers = worker_slots(self.slots, self.workers)
+            names = ["scheduler", "api"]
+            names += (
+                ["worker"] if len(workers) == 1 else [f"worker{i}" for i in range(len(workers))]
+            )
+            for i, name in enumerate(names):
+                role = name.rstrip("0123456789")
+                env = self._env(name, secret, workers[i - 2] if role == "worker" else None)
                 if role == "scheduler":
                     env["MINITEMPORAL_GRPC_PORT"] = str(grpc_port)
                 else:
                     env["MINITEMPORAL_SCHEDULER_ADDRESS"] = f"127.0.0.1:{grpc_port}"
-                self._proc(role, role, env).start()
+                self._proc(name, role, env).start()
             for proc in self.procs:
                 proc.wait_healthy(deadline)
             api = self.procs[1]

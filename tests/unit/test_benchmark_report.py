@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.cli import build_parser, make_plan, parse_workloads
+from benchmarks.cli import build_parser, main, make_plan, parse_workloads
 from benchmarks.stats import Span
+from benchmarks.system import worker_slots
 from benchmarks.workloads import ROWS, Plan, SpanRun, burst_figures, lookup
 
 
@@ -79,3 +80,29 @@ def test_burst_figures_count_from_the_first_submit_call_whenever_nodes_were_enqu
     assert a["burst_to_start_ms"]["p50"] == b["burst_to_start_ms"]["p50"] == pytest.approx(1000.0)
     assert a["enqueue_to_start_ms"]["p50"] == pytest.approx(600.0)
     assert b["enqueue_to_start_ms"]["p50"] == pytest.approx(50.0)
+
+
+def test_slots_are_shared_out_among_worker_processes() -> None:
+    assert worker_slots(16, 1) == [16]
+    assert worker_slots(16, 2) == [8, 8]
+    assert worker_slots(17, 3) == [6, 6, 5]
+    assert sum(worker_slots(31, 4)) == 31
+    with pytest.raises(ValueError, match="cannot share"):
+        worker_slots(2, 3)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--worker-processes", "0"],
+        ["--worker-processes", "2", "--topology", "all"],
+        ["--worker-processes", "2", "--api-url", "http://127.0.0.1:1"],
+        ["--worker-processes", "5", "--slots", "4"],
+    ],
+)
+def test_worker_processes_are_refused_where_they_cannot_apply(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2 and "--worker-processes" in capsys.readouterr().err
