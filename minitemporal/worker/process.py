@@ -5,10 +5,11 @@ pid), optionally as another user and under resource limits set by `prlimit` befo
 (no `preexec_fn`: it is unsafe in a process with threads, and grpc has threads). Ending an
 attempt ends the whole group: SIGTERM, a grace period, then SIGKILL, which also takes
 background children and commands that trap SIGTERM. The child is spawned by `Popen` itself
-and its start stamped the moment it has exec'd; its pipes then go on the loop, and their
-protocol callbacks feed two fixed-size tails, so memory stays flat whatever the command
-prints, and an attempt costs no reader tasks: this is the worker's hot path, and it uses plain
-asyncio futures rather than task groups for that reason. A pidfd on the loop tells the exit.
+and its start stamped the moment it has exec'd; its pipes then go on the loop, and plain
+readers feed two fixed-size tails, so memory stays flat whatever the command prints, and an
+attempt costs no reader tasks: this is the worker's hot path, and it uses plain asyncio
+futures and loop readers rather than task groups or transports for that reason. A pidfd on
+the loop tells the exit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -151,48 +152,60 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-class _Sink(asyncio.Protocol):
-    """One output pipe into its tail."""
-
-    def __init__(self, tail: TailBuffer, closed: Callable[[], None]) -> None:
-        self._tail = tail
-        self._closed = closed
-
-    def data_received(self, data: bytes) -> None:
-        self._tail.feed(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed()
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Child:
-    """A spawned command on the loop: its two output pipes feed the tails, and `exited`
-    resolves when it has exited and was reaped, `pipes_closed` when both pipes hit EOF.
+    """A spawned command on the loop. Its two output pipes are read by plain readers into the
+    tails; `exited` resolves once it has exited and was reaped, `pipes_closed` once both
+    pipes hit EOF, and the exit also wakes `wake`, the one future the run awaits. No
+    transports, protocols or extra futures: on the hot path every callback is a loop turn.
 
     The exit is told by a pidfd on the loop (Linux 5.3+); elsewhere by a thread that waits for
     this one child. Nothing else reaps it: asyncio's child watchers wait for their own pids."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        loop: asyncio.AbstractEventLoop,
+        wake: asyncio.Future[None],
+    ) -> None:
         self.proc = proc
         self.exited: asyncio.Future[None] = loop.create_future()
         self.pipes_closed: asyncio.Future[None] = loop.create_future()
+        self._wake = wake
         self._loop = loop
-        self._open = 2
-        self._pipes: list[asyncio.BaseTransport] = []
+        self._reading: dict[int, TailBuffer] = {}
         self._pidfd: int | None = None
 
-    async def attach(self, out: TailBuffer, err: TailBuffer) -> None:
+    def attach(self, out: TailBuffer, err: TailBuffer) -> None:
         self._watch_exit()
         for pipe, tail in ((self.proc.stdout, out), (self.proc.stderr, err)):
-            transport, _ = await self._loop.connect_read_pipe(
-                lambda tail=tail: _Sink(tail, self._pipe_closed), pipe
-            )
-            self._pipes.append(transport)
+            assert pipe is not None  # both are PIPE
+            fd = pipe.fileno()
+            os.set_blocking(fd, False)
+            self._reading[fd] = tail
+            self._loop.add_reader(fd, self._read, fd)
 
-    def _pipe_closed(self) -> None:
-        self._open -= 1
-        if self._open == 0 and not self.pipes_closed.done():
-            self.pipes_closed.set_result(None)
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # a broken pipe reads as its end
+            data = b""
+        if data:
+            self._reading[fd].feed(data)
+            return
+        self._stop_reading(fd)
+        if not self._reading:
+            _wake(self.pipes_closed)
+
+    def _stop_reading(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        del self._reading[fd]  # the fd itself is closed with the Popen's file object
 
     def _watch_exit(self) -> None:
         try:
@@ -213,8 +226,8 @@ class _Child:
             self._loop.call_soon_threadsafe(self._set_exited)
 
     def _set_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
+        _wake(self.exited)
+        _wake(self._wake)
 
     def _forget_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -223,8 +236,11 @@ class _Child:
             self._pidfd = None
 
     def close(self) -> None:
-        for transport in self._pipes:
-            transport.close()
+        for fd in list(self._reading):
+            self._stop_reading(fd)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
         if self.proc.poll() is None:  # still running: the run was cancelled
             _signal_group(self.proc.pid, signal.SIGKILL)  # the exit watch still reaps it
         else:
@@ -244,8 +260,8 @@ class Execution:
         """End the command early (cancelled, lost lease, shutdown); the first reason wins."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        if self._stopped is not None:
+            _wake(self._stopped)
 
     async def run(self) -> RunResult:
         out, err = TailBuffer(self.spec.tail_bytes), TailBuffer(self.spec.tail_bytes)
@@ -276,9 +292,9 @@ class Execution:
         self.started_at = datetime.now(UTC)
         spawn_seconds = time.perf_counter() - t0
         pgid = proc.pid  # a new session: the group is the child's pid
-        child = _Child(proc, loop)
+        child = _Child(proc, loop, self._stopped)
         try:
-            await child.attach(out, err)
+            child.attach(out, err)
             outcome = await self._supervise(child, pgid)
             finished_at = datetime.now(UTC)
             # Nothing of the attempt outlives it: end stragglers left in the group.
@@ -286,7 +302,8 @@ class Execution:
                 await _terminate_group(pgid, self.spec.kill_grace)
             # Pipes reach EOF once the group is gone; a child that escaped the group (setsid)
             # may keep them open, so do not wait for it long.
-            await asyncio.wait({child.pipes_closed}, timeout=PIPES_GRACE)
+            if not child.pipes_closed.done():
+                await asyncio.wait({child.pipes_closed}, timeout=PIPES_GRACE)
         finally:
             child.close()
         code = proc.returncode
@@ -303,13 +320,18 @@ class Execution:
         )
 
     async def _supervise(self, child: _Child, pgid: int) -> Outcome:
-        """Wait for the exit, the timeout or a stop request; end the group if not exited."""
-        assert self._stopped is not None
-        await asyncio.wait(
-            {child.exited, self._stopped},
-            timeout=self.spec.timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        """Wait for the exit, the timeout or a stop request (each wakes `_stopped`: one
+        future, one timer); end the group if not exited."""
+        wake = self._stopped
+        assert wake is not None
+        timer = None
+        if self.spec.timeout is not None:
+            timer = asyncio.get_running_loop().call_later(self.spec.timeout, _wake, wake)
+        try:
+            await wake
+        finally:
+            if timer is not None:
+                timer.cancel()
         if child.exited.done():
             return Outcome.SUCCEEDED  # refined to EXIT_CODE by the caller
         reason = self._stop_reason or Outcome.TIMEOUT

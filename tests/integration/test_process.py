@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import anyio
 import pytest
 
 from minitemporal.domain.model import Outcome
-from minitemporal.worker.process import Execution, ResourceLimits, RunSpec, command_argv
+from minitemporal.worker.process import (
+    PIPES_GRACE,
+    Execution,
+    ResourceLimits,
+    RunSpec,
+    command_argv,
+)
 from tests.support.procs import pid_alive, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -69,6 +76,21 @@ async def test_background_stragglers_are_ended_after_a_normal_exit(tmp_path: Pat
     res = await Execution(spec(f"sleep 60 & echo $! > {pidfile}; echo done", tmp_path)).run()
     assert res.outcome is Outcome.SUCCEEDED and res.stdout.tail == "done\n"
     assert not pid_alive(int(pidfile.read_text()))
+
+
+async def test_an_escaped_child_holding_the_pipes_does_not_hold_up_the_run(
+    tmp_path: Path,
+) -> None:
+    """A child that left the group (setsid) keeps the output pipes open: the run ends a
+    short grace after the exit, with what was printed, instead of waiting for the child."""
+    pidfile = tmp_path / "escaped"
+    start = time.monotonic()
+    res = await Execution(spec(f"setsid sleep 60 & echo $! > {pidfile}; echo done", tmp_path)).run()
+    try:
+        assert res.outcome is Outcome.SUCCEEDED and res.stdout.tail == "done\n"
+        assert time.monotonic() - start < PIPES_GRACE + 3
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 async def test_a_cancelled_run_leaves_no_command_running(tmp_path: Path) -> None:
