@@ -63,6 +63,12 @@ class SchedulerService:
         self.watch = watch or WatchHub(store)
         # Idle workers' offers of slots: new jobs' ready nodes go straight to them.
         self.offers = Offers()
+        self._pushing: set[asyncio.Task[None]] = set()  # pushes that follow their reply
+
+    def _push_later(self, refs: Sequence[TaskRef]) -> None:
+        task = asyncio.get_running_loop().create_task(self.push(refs))
+        self._pushing.add(task)
+        task.add_done_callback(self._pushing.discard)
 
     async def push(self, refs: Sequence[TaskRef]) -> None:
         """Offer committed attempts to workers; on failure the reconciler will do it."""
@@ -221,7 +227,12 @@ class SchedulerService:
                 self.metrics.claims_rejected.inc(lost)
         if outcome.queued or outcome.claimed:
             self.failpoints.hit("scheduler.after_complete_commit")
-        await self.push(outcome.queued)
+        if outcome.claimed and outcome.queued:
+            # The reporter waits on this reply to start what it was handed; the rest of a
+            # fan-out (committed, a hint's worth to the queue) is pushed after it.
+            self._push_later(outcome.queued)
+        else:
+            await self.push(outcome.queued)
         m = self.metrics
         accepted = outcome.accepted
         for result, enqueued_at, ok in zip(results, outcome.enqueued_at, accepted, strict=True):
