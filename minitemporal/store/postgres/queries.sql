@@ -220,18 +220,29 @@ WITH reported AS (
         %(err)s::text[], %(err_bytes)s::bigint[]
     ) AS r(id, attempt, started_at, finished_at, exit_code, stdout_tail, stdout_bytes,
            stderr_tail, stderr_bytes)
+), current AS MATERIALIZED (
+    -- The reported nodes that are still this attempt, running for this worker, unkeyed: one
+    -- lookup by key each (a small table's estimates once made the generic plan scan every
+    -- running node instead, a cost per report that grew with the attempts running anywhere).
+    SELECT n.tid FROM reported r
+    CROSS JOIN LATERAL (SELECT n.ctid AS tid FROM nodes n
+                        WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'running'
+                          AND n.worker_id = %(worker)s AND n.idempotency_key IS NULL
+                        OFFSET 0) n
 ), simple AS (
-    SELECT (SELECT count(*) FROM nodes n JOIN reported r ON n.id = r.id
-            WHERE n.attempt = r.attempt AND n.state = 'running' AND n.worker_id = %(worker)s
-              AND n.idempotency_key IS NULL) = cardinality(%(ids)s::bigint[])
+    SELECT (SELECT count(*) FROM current) = cardinality(%(ids)s::bigint[])
        AND NOT EXISTS (SELECT 1 FROM node_edges e JOIN nodes c ON c.id = e.child_id
                        WHERE e.parent_id = ANY (%(ids)s::bigint[])
                          AND c.idempotency_key IS NOT NULL) AS ok
 ), done AS (
+    -- By the rows `current` found; the fence is checked again on the row as updated. (`IS NOT
+    -- FALSE` on a NOT NULL column is `=`, but keeps the planner off the partial indexes of
+    -- running nodes, which stale estimates made it prefer.)
     UPDATE nodes n
     SET state = 'succeeded', finished_at = r.finished_at, lease_until = NULL, deadline_at = NULL
     FROM reported r
-    WHERE n.id = r.id AND n.attempt = r.attempt AND n.state = 'running'
+    WHERE n.ctid = ANY (ARRAY(SELECT tid FROM current))
+      AND n.id = r.id AND n.attempt = r.attempt AND (n.state = 'running') IS NOT FALSE
       AND n.worker_id = %(worker)s AND (SELECT ok FROM simple)
     RETURNING n.id, n.job_id
 ), recorded AS (
@@ -280,8 +291,8 @@ WITH reported AS (
                          + make_interval(secs => c.timeout_seconds + %(lease)s) END
         FROM (SELECT count(*)::integer AS n, c.id = ANY ((SELECT ids FROM handing)::bigint[]) AS hand
               FROM unnest(ARRAY(SELECT id FROM done)) AS d (id)
-              WHERE EXISTS (SELECT FROM node_edges e
-                            WHERE e.parent_id = d.id AND e.child_id = c.id)) k
+              CROSS JOIN LATERAL (SELECT FROM node_edges e
+                                  WHERE e.parent_id = d.id AND e.child_id = c.id OFFSET 0) e) k
     )
     WHERE c.id = ANY (ARRAY(SELECT child_id FROM unblocked)) AND c.state = 'pending'
     RETURNING c.id, c.attempt, c.state, c.job_id, c.node_id, c.command, c.timeout_seconds,
