@@ -289,7 +289,8 @@ WITH reported AS (
                CASE WHEN c.deps_pending = k.n AND k.hand
                     THEN clock_timestamp()
                          + make_interval(secs => c.timeout_seconds + %(lease)s) END
-        FROM (SELECT count(*)::integer AS n, c.id = ANY ((SELECT ids FROM handing)::bigint[]) AS hand
+        FROM (SELECT count(*)::integer AS n,
+                     c.id = ANY ((SELECT ids FROM handing)::bigint[]) AS hand
               FROM unnest(ARRAY(SELECT id FROM done)) AS d (id)
               CROSS JOIN LATERAL (SELECT FROM node_edges e
                                   WHERE e.parent_id = d.id AND e.child_id = c.id OFFSET 0) e) k
