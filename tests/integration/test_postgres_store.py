@@ -63,18 +63,7 @@ async def test_a_sink_freed_by_a_concurrent_parent_is_handed_not_queued(database
             report = asyncio.create_task(
                 store.complete("w", [success(b.ref)], want=1, lease_seconds=30)
             )
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:  # b's report is waiting for the sink's row
-                cur = await other.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-                row = await cur.fetchone()
-                if row is not None and row[0] > 0:
-                    break
-                assert not report.done(), "b's report did not wait for a's"
-                assert asyncio.get_running_loop().time() < deadline, "b's report never waited"
-                await asyncio.sleep(0.01)
+            await _until_waiting_on_a_lock(other, report)  # b's report waits for a's
             await other.commit()
         out = await report
         assert out.accepted == (True,)
@@ -84,3 +73,62 @@ async def test_a_sink_freed_by_a_concurrent_parent_is_handed_not_queued(database
         assert {n.id: n.state for n in job.nodes}["sink"] is NodeState.RUNNING
     finally:
         await store.close()
+
+
+async def test_a_success_whose_node_a_heartbeat_touched_meanwhile_is_still_recorded(
+    database_url: str,
+) -> None:
+    """A heartbeat renews the node's lease while its success is being recorded (the report
+    waits on the row): the success still counts and frees the child. (The one-statement
+    path finds the node by its row version, which the heartbeat replaced, so it declines and
+    the transaction path records it: the child is queued rather than handed over, a push and
+    a pop more in a rare race, for a report whose cost does not grow with the attempts
+    running elsewhere.)"""
+    store = PostgresStore(database_url, retry_policy=FAST, pool_size=2)
+    await store.open()
+    try:
+        res = await store.submit_job(
+            JobSpec("beat", (NodeSpec("a", "true"), NodeSpec("b", "true", depends_on=("a",))))
+        )
+        [a] = await store.claim("w", res.queued, 30)
+        async with await psycopg.AsyncConnection.connect(database_url) as other:
+            await other.execute(  # the heartbeat, not yet committed
+                "UPDATE nodes SET lease_until = now() + interval '60 seconds' WHERE id = %s",
+                (a.ref.node,),
+            )
+            report = asyncio.create_task(
+                store.complete("w", [success(a.ref)], want=1, lease_seconds=30)
+            )
+            await _until_waiting_on_a_lock(other, report)
+            await other.commit()
+        out = await report
+        assert out.accepted == (True,) and out.duplicate == (False,)
+        assert out.enqueued_at[0] is not None, "recorded now, not judged a duplicate"
+        job = await store.get_job(res.job_id)
+        states = {n.id: n.state for n in job.nodes}
+        assert states["a"] is NodeState.SUCCEEDED
+        # b is freed: handed to the reporter, or queued for the scheduler to push.
+        handed = [t.node_id for t in out.claimed]
+        queued = [r.node for r in out.queued]
+        assert (handed, states["b"]) == (["b"], NodeState.RUNNING) or (
+            handed == [] and states["b"] is NodeState.QUEUED and len(queued) == 1
+        )
+    finally:
+        await store.close()
+
+
+async def _until_waiting_on_a_lock(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], task: asyncio.Task[object]
+) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        row = await cur.fetchone()
+        if row is not None and row[0] > 0:
+            return
+        assert not task.done(), "the report did not wait for the other transaction"
+        assert asyncio.get_running_loop().time() < deadline, "the report never waited"
+        await asyncio.sleep(0.01)

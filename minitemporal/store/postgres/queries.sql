@@ -235,9 +235,10 @@ WITH reported AS (
                        WHERE e.parent_id = ANY (%(ids)s::bigint[])
                          AND c.idempotency_key IS NOT NULL) AS ok
 ), done AS (
-    -- By the rows `current` found; the fence is checked again on the row as updated. (`IS NOT
-    -- FALSE` on a NOT NULL column is `=`, but keeps the planner off the partial indexes of
-    -- running nodes, which stale estimates made it prefer.)
+    -- By the row versions `current` found: one changed since (a heartbeat, a sweep) is not
+    -- updated here, and the store's transaction path judges its result. (`IS NOT FALSE` on a
+    -- NOT NULL column is `=`, but keeps the planner off the partial indexes of running nodes,
+    -- which stale estimates made it prefer.)
     UPDATE nodes n
     SET state = 'succeeded', finished_at = r.finished_at, lease_until = NULL, deadline_at = NULL
     FROM reported r
