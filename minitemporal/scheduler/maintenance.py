@@ -3,6 +3,8 @@
 
 - retries: retry_wait nodes whose backoff passed become queued (next attempt) and are pushed;
 - leases: running attempts whose lease expired are lost, then retried or failed;
+- statistics: tables that changed much since last analyzed are analyzed again (young tables
+  grow faster than autovacuum looks, and plans cached while they were small scan them);
 - queue: if the queue lost its contents (marker gone: FLUSHALL, restart), push every queued
   attempt again; in any case every `reconcile_seconds`, push queued attempts older than that
   (a scheduler killed between its commit and its push leaves such attempts behind).
@@ -21,6 +23,7 @@ from minitemporal.observability.logging import task_fields
 from minitemporal.scheduler.service import SchedulerService
 
 log = logging.getLogger("minitemporal.scheduler.maintenance")
+STATISTICS_SECONDS = 5.0  # how often to look for tables whose planner statistics went stale
 
 
 class Maintenance:
@@ -44,6 +47,7 @@ class Maintenance:
             tg.start_soon(self._loop, "leases", self.sweep_seconds, self.expire_leases)
             tg.start_soon(self._loop, "queue", min(1.0, self.reconcile_seconds), self.check_queue)
             tg.start_soon(self._loop, "gauges", self.gauge_seconds, self.update_gauges)
+            tg.start_soon(self._loop, "statistics", STATISTICS_SECONDS, self.refresh_statistics)
 
     async def _loop(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
         failures = 0
@@ -105,6 +109,11 @@ class Maintenance:
         if added:
             self.service.metrics.rescued.labels("queue_entry").inc(added)
             log.info("queue reconciled (%s): %d attempt(s) pushed again", why, added)
+
+    async def refresh_statistics(self) -> None:
+        tables = await self.service.store.refresh_statistics()
+        if tables:
+            log.debug("planner statistics refreshed", extra={"tables": tables})
 
     async def update_gauges(self) -> None:
         m = self.service.metrics

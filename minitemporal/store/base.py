@@ -134,6 +134,12 @@ class Store(abc.ABC):
         """Running attempts whose lease ran out are lost, and those past their deadline
         (timeout plus one lease) timed out: retry or fail them."""
 
+    async def refresh_statistics(self) -> list[str]:
+        """Bring the planner's statistics of tables that changed much since they were last
+        analyzed up to date; the names of those refreshed. Nothing where the backend needs
+        nothing."""
+        return []
+
     @abc.abstractmethod
     async def stats(self, *, worker_window_seconds: float) -> StoreStats:
         """Counts for the gauges; a worker is alive if it heartbeated within the window."""

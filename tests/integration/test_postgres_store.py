@@ -20,6 +20,7 @@ from minitemporal.domain.model import (
     TaskResult,
 )
 from minitemporal.store.postgres import PostgresStore
+from minitemporal.store.postgres.store import STALE_ROWS
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(base_seconds=0.0, factor=1.0, max_seconds=0.0, jitter=0.0)
@@ -132,3 +133,29 @@ async def _until_waiting_on_a_lock(
         assert not task.done(), "the report did not wait for the other transaction"
         assert asyncio.get_running_loop().time() < deadline, "the report never waited"
         await asyncio.sleep(0.01)
+
+
+async def test_tables_that_grew_much_since_last_analyzed_are_analyzed_again(
+    database_url: str,
+) -> None:
+    """A young table grows faster than autovacuum looks at it; the scheduler's sweep asks the
+    store to analyze what changed by more than STALE_ROWS + STALE_FRACTION of its size."""
+    store = PostgresStore(database_url, retry_policy=FAST, pool_size=2)
+    await store.open()
+    try:
+        assert await store.refresh_statistics() == [], "nothing changed yet"
+        nodes = tuple(NodeSpec(f"n{i}", "true") for i in range(STALE_ROWS + 200))
+        await store.submit_job(JobSpec("big", nodes))
+        refreshed: list[str] = []
+        deadline = asyncio.get_running_loop().time() + 15
+        while "nodes" not in refreshed:  # activity counts reach the statistics within a second
+            assert asyncio.get_running_loop().time() < deadline, "nodes never analyzed"
+            refreshed += await store.refresh_statistics()
+            await asyncio.sleep(0.1)
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            cur = await conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'nodes'::regclass")
+            row = await cur.fetchone()
+            assert row is not None and row[0] >= len(nodes), "the planner now knows its size"
+        assert "nodes" not in await store.refresh_statistics(), "not again until it changes"
+    finally:
+        await store.close()

@@ -542,6 +542,18 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
+-- name: stale_statistics
+-- Our tables that changed by more than %(rows)s rows plus %(fraction)s of their size since
+-- they were last analyzed (by us or by autovacuum). A young table grows faster than
+-- autovacuum looks at it, and the generic plans cached on every connection were costed for
+-- it small: a scan of `nodes` looked cheaper than its keys. ANALYZE replaces those plans.
+SELECT s.relname
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema()
+  AND s.relname IN ('jobs', 'nodes', 'node_edges', 'attempts')
+  AND s.n_mod_since_analyze > %(rows)s + %(fraction)s * greatest(c.reltuples, 0)
+ORDER BY s.relname;
+
 -- name: stats
 SELECT
     (SELECT count(*) FROM nodes WHERE state = 'queued') AS queued,

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 import psycopg.errors
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -52,6 +53,10 @@ T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 SCHEMA_LOCK = 0x6D696E6974  # pg_advisory_xact_lock key: "minit"
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+# A table is analyzed once it changed by this many rows plus this fraction of its size since
+# it last was (autovacuum's defaults are 50 + 10%, looked at once a minute at best).
+STALE_ROWS = 1000
+STALE_FRACTION = 0.5
 
 
 class PostgresStore(SqlStore):
@@ -120,6 +125,18 @@ class PostgresStore(SqlStore):
             await conn.execute("SELECT 1")
 
         await self._tx(one, single=True)
+
+    async def refresh_statistics(self) -> list[str]:
+        args = {"rows": STALE_ROWS, "fraction": STALE_FRACTION}
+
+        async def run(conn: Conn) -> list[str]:
+            cur = await conn.execute(self._q["stale_statistics"], args)
+            tables = [str(r["relname"]) for r in await cur.fetchall()]
+            for table in tables:  # a WARNING, not an error, if we do not own it
+                await conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+            return tables
+
+        return await self._tx(run, single=True)
 
     # --- plumbing
     @asynccontextmanager
