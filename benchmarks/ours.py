@@ -9,10 +9,13 @@ with a deadline; the full job is fetched once, after it finished.
 from __future__ import annotations
 
 import functools
+import http.client
+import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -182,14 +185,22 @@ class Ours:
 
 
 def _submit_client(api_url: str, command: str, index: int) -> Callable[[], str | None]:
-    """One closed-loop client process: POST a one-node job, return its id (201) or raise."""
-    http = httpx.Client(base_url=api_url, timeout=60)
-    body = {"job": {"name": f"submit-{index}", "nodes": [node("only", command)]}}
+    """One closed-loop client process: POST a one-node job, return its id (201) or raise.
+
+    A plain keep-alive `http.client` connection: httpx costs about as much CPU per call as
+    the api itself, CPU that the system under test shares on one machine.
+    """
+    parts = urlsplit(api_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    body = json.dumps({"job": {"name": f"submit-{index}", "nodes": [node("only", command)]}})
+    headers = {"Content-Type": "application/json"}
 
     def call() -> str | None:
-        r = http.post("/v1/jobs", json=body)
-        if r.status_code != 201:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-        return str(r.json()["id"])
+        conn.request("POST", "/v1/jobs", body, headers)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 201:
+            raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
+        return str(json.loads(data)["id"])
 
     return call
