@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.ours import _submit_client
+from benchmarks.ours import Rest, _submit_client
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -65,3 +65,22 @@ def test_a_refused_submission_raises(server: tuple[str, type[_Recorder]]) -> Non
     call = _submit_client(url, "true", 0)
     with pytest.raises(RuntimeError, match="HTTP 429"):
         call()
+
+
+def test_each_thread_has_its_connection_and_an_idle_one_is_replaced(
+    server: tuple[str, type[_Recorder]],
+) -> None:
+    url, handler = server
+    rest = Rest(url)
+    try:
+        assert rest.request("POST", "/v1/jobs", {"job": {}}) == (201, {"id": "job-1"})
+        other = threading.Thread(target=rest.request, args=("POST", "/v1/jobs", {"job": {}}))
+        other.start()
+        other.join()
+        rest.IDLE_SECONDS = 0.0  # every connection counts as idle now
+        rest.request("POST", "/v1/jobs", {"job": {}})
+    finally:
+        rest.close()
+    first, second, third = (port for port, _, _ in handler.seen)
+    assert first != second, "two threads shared one connection"
+    assert third not in (first, second), "an idle connection was used again"
