@@ -1,4 +1,4 @@
-"""The submission workload's client: one keep-alive connection per client process."""
+"""The suite's REST client for minitemporal: keep-alive connections, one per thread."""
 
 from __future__ import annotations
 
