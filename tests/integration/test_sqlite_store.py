@@ -91,6 +91,38 @@ async def test_pragmas(store: SqliteStore) -> None:
 
 
 @pytest.mark.anyio
+async def test_open_waits_for_another_writer_on_a_new_file(tmp_path: Path) -> None:
+    """Another process holds the write lock of a file not yet in WAL mode (two processes
+    opening a new file together): SQLite refuses the switch to WAL at once, without its busy
+    timeout; the store tries again and opens once the lock is gone."""
+    path = tmp_path / "t.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE other (i integer)")
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.3)
+        other.execute("COMMIT")
+        released.set()
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    store = SqliteStore(str(path), retry_policy=POLICY)
+    try:
+        await store.open()
+        assert released.is_set(), "the store waited for the lock"
+        res = await store.submit_job(JOB)
+        assert (await store.get_job(res.job_id)).node_counts == {"pending": 1, "queued": 1}
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        await store.close()
+        releaser.join()
+        other.close()
+
+
+@pytest.mark.anyio
 async def test_time_is_stored_as_utc_microseconds(store: SqliteStore) -> None:
     before = time.time_ns() // 1000
     res = await store.submit_job(JOB)

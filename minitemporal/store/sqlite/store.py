@@ -41,6 +41,7 @@ import queue
 import random
 import sqlite3
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -194,6 +195,29 @@ def run_to_end(step: Awaitable[T]) -> T:
         return cast(T, done.value)
     it.close()  # type: ignore[attr-defined]
     raise RuntimeError("an SQLite transaction awaited something other than its own steps")
+
+
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> str | None:
+    """Put the database file in WAL mode (once per file); return the mode it is in.
+
+    Switching takes an exclusive lock, and SQLite refuses it at once, without waiting out the
+    busy timeout, while another connection holds the write lock: two processes opening a new
+    file together. Tried again until the timeout. A file already in WAL mode is left alone
+    (setting it again would wait for every reader).
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            row = conn.execute("PRAGMA journal_mode").fetchone()
+            if row is not None and row["journal_mode"] == "wal":
+                return "wal"
+            row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return None if row is None else str(row["journal_mode"])
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _connect(path: str, busy_timeout: float, *, read_only: bool = False) -> sqlite3.Connection:
@@ -391,8 +415,8 @@ class SqliteStore(SqlStore):
         conn = _connect(self.path, self._busy_timeout)
         try:
             if not self.in_memory:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                if mode is None or mode["journal_mode"] != "wal":
+                mode = _use_wal(conn, self._busy_timeout)
+                if mode != "wal":
                     log.warning("SQLite refused WAL mode (%s): readers will wait for writes", mode)
             schema = load_text("minitemporal.store.sqlite", "schema.sql")
             try:
