@@ -146,7 +146,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def queued_tasks(
-        self, *, min_age_seconds: float = 0.0, limit: int = 100_000
+        self,
+        *,
+        min_age_seconds: float = 0.0,
+        limit: int = 100_000,
+        after: tuple[datetime, int] | None = None,
     ) -> list[tuple[TaskRef, datetime]]:
         """Queued attempts at least this old (by the store's clock) with their enqueue times,
-        oldest first: to rebuild the queue."""
+        oldest first (by enqueue time, then node): to rebuild the queue. `after`: the enqueue
+        time and node of the last one of the previous page; this page starts past it."""

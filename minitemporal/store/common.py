@@ -18,7 +18,7 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict, TypeVar
 
 from minitemporal.domain.explain import NodeFacts, explain
@@ -60,6 +60,7 @@ Row = dict[str, Any]
 # A job's key as the backend stores it (uuid.UUID in PostgreSQL, its text in SQLite). Flows pass
 # it through untouched: what a step returned is what the next step gets.
 JobKey = Any
+BEFORE_ALL = datetime(1, 1, 1, tzinfo=UTC)  # earlier than any enqueue time, in both stores
 
 
 class Succeeded(TypedDict):
@@ -293,9 +294,11 @@ class Tx(abc.ABC):
         oldest_queued_age (seconds)."""
 
     @abc.abstractmethod
-    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
-        """Queued attempts enqueued at least `age` seconds ago, oldest first: id, attempt,
-        enqueued_at."""
+    async def queued_tasks(
+        self, age: float, limit: int, after_at: datetime, after_id: int
+    ) -> list[Row]:
+        """Queued attempts enqueued at least `age` seconds ago, oldest first, past
+        (`after_at`, `after_id`) in (enqueued_at, id) order: id, attempt, enqueued_at."""
 
 
 class SqlStore(Store):
@@ -641,10 +644,18 @@ class SqlStore(Store):
         return await self._read(body)
 
     async def queued_tasks(
-        self, *, min_age_seconds: float = 0.0, limit: int = 100_000
+        self,
+        *,
+        min_age_seconds: float = 0.0,
+        limit: int = 100_000,
+        after: tuple[datetime, int] | None = None,
     ) -> list[tuple[TaskRef, datetime]]:
+        # A key before every row (not an optional condition): the page is then an index
+        # range scan from `after` on, whatever page it is.
+        after_at, after_id = after or (BEFORE_ALL, 0)
+
         async def body(tx: Tx) -> list[tuple[TaskRef, datetime]]:
-            rows = await tx.queued_tasks(min_age_seconds, limit)
+            rows = await tx.queued_tasks(min_age_seconds, limit, after_at, after_id)
             return [(TaskRef(r["id"], r["attempt"]), r["enqueued_at"]) for r in rows]
 
         return await self._read(body)

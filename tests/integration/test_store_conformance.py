@@ -255,11 +255,30 @@ async def test_idempotency_key_on_submission(store: Store) -> None:
         )
 
 
+async def test_queued_tasks_page_through_ties_in_order(store: Store) -> None:
+    """Pages of a rebuild: each starts past the last one's (enqueued_at, node), so roots of
+    one statement (their enqueue times may tie) come out once each, in order."""
+    await store.submit_job(spec(*(NodeSpec(f"n{i}", "true") for i in range(7))))
+    await store.submit_job(spec(NodeSpec("x", "true")))
+    everything = await store.queued_tasks()
+    assert len(everything) == 8
+    assert everything == sorted(everything, key=lambda q: (q[1], q[0].node))
+    pages, after = [], None
+    while page := await store.queued_tasks(limit=3, after=after):
+        assert len(page) <= 3
+        pages.append(page)
+        after = page[-1][1], page[-1][0].node
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert [q for p in pages for q in p] == everything
+
+
 async def test_queued_tasks_and_nul_output(store: Store) -> None:
     res = await store.submit_job(spec(NodeSpec("a", "true"), NodeSpec("b", "true")))
     queued = await store.queued_tasks()
     assert [ref for ref, _ in queued] == list(res.queued)
     assert await store.queued_tasks(min_age_seconds=3600) == []
+    after = queued[0][1], queued[0][0].node
+    assert await store.queued_tasks(after=after) == queued[1:], "the page past the first one"
     [a, _b] = await store.claim("w", res.queued, 30)
     now = datetime.now(UTC)
     out = await store.complete(

@@ -470,8 +470,10 @@ LIMIT %(limit)s
 FOR UPDATE OF n SKIP LOCKED;
 
 -- name: queued_tasks
+-- A page of the queue's rebuild: a range of nodes_queued_idx from the previous page's last row.
 SELECT id, attempt, enqueued_at FROM nodes
 WHERE state = 'queued' AND enqueued_at <= clock_timestamp() - make_interval(secs => %(age)s)
+  AND (enqueued_at, id) > (%(after_at)s::timestamptz, %(after_id)s::bigint)
 ORDER BY enqueued_at, id
 LIMIT %(limit)s;
 

@@ -427,8 +427,11 @@ class _PgTx(Tx):
     async def stats(self, window: float) -> Row:
         return await self._one_row("stats", {"window": window})
 
-    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
-        return await self._all("queued_tasks", {"age": age, "limit": limit})
+    async def queued_tasks(
+        self, age: float, limit: int, after_at: datetime, after_id: int
+    ) -> list[Row]:
+        params = {"age": age, "limit": limit, "after_at": after_at, "after_id": after_id}
+        return await self._all("queued_tasks", params)
 
 
 def _columns(params: list[Row]) -> dict[str, list[Any]]:

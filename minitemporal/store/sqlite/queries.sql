@@ -209,8 +209,9 @@ ORDER BY n.lease_until
 LIMIT :limit;
 
 -- name: queued_tasks
+-- A page of the queue's rebuild: a range of nodes_queued_idx from the previous page's last row.
 SELECT id, attempt, enqueued_at FROM nodes
-WHERE state = 'queued' AND enqueued_at <= :now - :age
+WHERE state = 'queued' AND enqueued_at <= :now - :age AND (enqueued_at, id) > (:after_at, :after_id)
 ORDER BY enqueued_at, id
 LIMIT :limit;
 

@@ -770,5 +770,8 @@ class _SqliteTx(Tx):
     async def stats(self, window: float) -> Row:
         return self._one_row("stats", {"window": _seconds(window)})
 
-    async def queued_tasks(self, age: float, limit: int) -> list[Row]:
-        return self._all("queued_tasks", {"age": _seconds(age), "limit": limit})
+    async def queued_tasks(
+        self, age: float, limit: int, after_at: datetime, after_id: int
+    ) -> list[Row]:
+        params = {"age": _seconds(age), "limit": limit, "after_at": after_at, "after_id": after_id}
+        return self._all("queued_tasks", params)
