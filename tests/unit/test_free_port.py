@@ -22,14 +22,10 @@ def test_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
 
 def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     busy_port, free = free_port(), free_port()
-    handed = set(services._HANDED_OUT)
-    services._HANDED_OUT.difference_update({busy_port, free})
+    services._HANDED_OUT.difference_update({busy_port, free})  # offered again, unless busy
     candidates = iter([busy_port, free])
     monkeypatch.setattr(services.random, "randrange", lambda low, high: next(candidates))
-    try:
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", busy_port))
-            busy.listen()
-            assert free_port() == free
-    finally:
-        services._HANDED_OUT.update(handed)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", busy_port))
+        busy.listen()
+        assert free_port() == free
