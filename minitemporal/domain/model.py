@@ -211,6 +211,15 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Submission:
+    """One job to submit, as `Store.submit_jobs` takes several together."""
+
+    spec: JobSpec
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitResult:
     job_id: str
     created: bool  # False when an Idempotency-Key matched an existing job

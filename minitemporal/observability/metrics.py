@@ -95,6 +95,13 @@ class SchedulerMetrics:
         self.queue_depth = Gauge(
             P + "queue_depth", "Attempts waiting in the ready queue.", registry=r
         )
+        self.submit_batch = Histogram(
+            P + "submit_batch_jobs",
+            "Jobs stored per transaction: submissions that arrive while others are being "
+            "stored are committed together (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.dispatched = Counter(
             P + "tasks_dispatched_total",
             "Ready nodes of new jobs, by how they reached a worker: `offer` (claimed for an idle "

@@ -25,6 +25,8 @@ from minitemporal.domain.model import (
     JobStatus,
     JobView,
     Outcome,
+    Submission,
+    SubmitResult,
     SweepResult,
     TaskRef,
     TaskResult,
@@ -34,11 +36,20 @@ from minitemporal.errors import InvalidInput, Problem, Unavailable
 from minitemporal.failpoints import Failpoints
 from minitemporal.observability.metrics import SchedulerMetrics
 from minitemporal.queue.base import TaskQueue
+from minitemporal.scheduler.groupcommit import GroupCommit
 from minitemporal.scheduler.offers import Offers
 from minitemporal.scheduler.watch import WatchHub
 from minitemporal.store.base import Store
 
 log = logging.getLogger("minitemporal.scheduler")
+
+# Group commit of small submissions (see `groupcommit`): one batch in flight at a time, so that
+# what arrives meanwhile goes together; a submission that finds none in flight is stored at
+# once. A job of more nodes is stored on its own, concurrently (its rows are what it costs, and
+# it must not hold up the small ones behind it).
+SUBMIT_BATCH_JOBS = 64
+SUBMIT_BATCH_NODES = 1000
+SUBMIT_ALONE_NODES = 100
 
 
 class SchedulerService:
@@ -64,6 +75,13 @@ class SchedulerService:
         # Idle workers' offers of slots: new jobs' ready nodes go straight to them.
         self.offers = Offers()
         self._pushing: set[asyncio.Task[None]] = set()  # pushes that follow their reply
+        # Submissions that arrive while others are being stored are stored together.
+        self._submit: GroupCommit[Submission, SubmitResult] = GroupCommit(
+            self._store_submissions,
+            max_items=SUBMIT_BATCH_JOBS,
+            max_weight=SUBMIT_BATCH_NODES,
+            weight=lambda s: len(s.spec.nodes),
+        )
 
     def _push_later(self, refs: Sequence[TaskRef]) -> None:
         task = asyncio.get_running_loop().create_task(self.push(refs))
@@ -86,40 +104,15 @@ class SchedulerService:
     ) -> tuple[JobView, bool]:
         # The api validated already; validate again: gRPC callers are not all the api.
         spec = _revalidate(spec, self.limits)
-        ready = sum(n.ready_at_submission for n in spec.nodes)
-        offers = self.offers.take(ready)
-        try:
-            result = await self.store.submit_job(
-                spec,
-                idempotency_key=idempotency_key,
-                request_digest=request_digest,
-                assign=[(o.worker_id, o.slots) for o in offers],
-                lease_seconds=self.lease_seconds,
-            )
-        except BaseException:
-            self.offers.put_back(offers)
-            raise
+        submission = Submission(spec, idempotency_key, request_digest)
+        if len(spec.nodes) > SUBMIT_ALONE_NODES:
+            (result,) = await self._store_submissions([submission])
+        else:
+            result = await self._submit(submission)
+        if isinstance(result, Exception):
+            raise result
         if not result.created:
-            self.offers.put_back(offers)
             return await self.store.get_job(result.job_id, include_nodes=False), False
-        self.failpoints.hit("scheduler.after_submit_commit")
-        # Answer the offers first: their workers start these while the rest is pushed.
-        unused = []
-        for offer, tasks in zip(offers, result.claimed, strict=True):
-            if tasks:
-                offer.answer(tasks)
-                self.metrics.dispatched.labels("offer").inc(len(tasks))
-            else:
-                unused.append(offer)
-        self.offers.put_back(unused)
-        if len(unused) < len(offers):
-            # Let the sessions send those answers before this one: a worker waits on them.
-            await asyncio.sleep(0)
-        self.watch.poke()
-        self.metrics.jobs_submitted.inc()
-        self.metrics.dispatched.labels("queue").inc(len(result.queued))
-        await self.push(result.queued)
-        log.info("job submitted", extra={"job_id": result.job_id, "nodes": len(spec.nodes)})
         view = JobView(
             id=result.job_id,
             name=spec.name,
@@ -130,6 +123,52 @@ class SchedulerService:
             node_counts=result.node_counts,
         )
         return view, True
+
+    async def _store_submissions(self, batch: list[Submission]) -> list[SubmitResult | Exception]:
+        """Store a batch in one transaction, hand the idle workers' offers what it claimed for
+        them, push the rest."""
+        ready = sum(n.ready_at_submission for s in batch for n in s.spec.nodes)
+        offers = self.offers.take(ready)
+        try:
+            results = await self.store.submit_jobs(
+                batch,
+                assign=[(o.worker_id, o.slots) for o in offers],
+                lease_seconds=self.lease_seconds,
+            )
+        except BaseException:
+            self.offers.put_back(offers)
+            raise
+        self.metrics.submit_batch.observe(len(batch))
+        created = [
+            (s, r)
+            for s, r in zip(batch, results, strict=True)
+            if isinstance(r, SubmitResult) and r.created
+        ]
+        if not created:
+            self.offers.put_back(offers)
+            return results
+        self.failpoints.hit("scheduler.after_submit_commit")
+        # Answer the offers first: their workers start these while the rest is pushed.
+        unused = []
+        for k, offer in enumerate(offers):
+            tasks = [t for _, r in created if k < len(r.claimed) for t in r.claimed[k]]
+            if tasks:
+                offer.answer(tasks)
+                self.metrics.dispatched.labels("offer").inc(len(tasks))
+            else:
+                unused.append(offer)
+        self.offers.put_back(unused)
+        if len(unused) < len(offers):
+            # Let the sessions send those answers before this one: a worker waits on them.
+            await asyncio.sleep(0)
+        self.watch.poke()
+        self.metrics.jobs_submitted.inc(len(created))
+        queued = [ref for _, r in created for ref in r.queued]
+        self.metrics.dispatched.labels("queue").inc(len(queued))
+        await self.push(queued)
+        for s, r in created:
+            log.info("job submitted", extra={"job_id": r.job_id, "nodes": len(s.spec.nodes)})
+        return results
 
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         return await self.store.get_job(job_id, include_nodes=include_nodes)

@@ -23,6 +23,7 @@ from minitemporal.domain.model import (
     JobStatus,
     JobView,
     StoreStats,
+    Submission,
     SubmitResult,
     SweepResult,
     TaskRef,
@@ -64,6 +65,23 @@ class Store(abc.ABC):
 
         `assign`: (worker, slots) pairs, idle workers' offers. In the same transaction the
         first ready roots are claimed for them, in order (as `claim` would); the rest queued.
+        """
+
+    @abc.abstractmethod
+    async def submit_jobs(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        assign: Sequence[tuple[str, int]] = (),
+        lease_seconds: float = 0.0,
+    ) -> list[SubmitResult | Exception]:
+        """Several submissions, as `submit_job` would store each, committed together where
+        they can be (group commit): one durable commit instead of one per job.
+
+        A result per submission, in order: its `SubmitResult`, or the exception `submit_job`
+        would have raised for it alone (`Conflict` for a reused key); one submission's error
+        does not fail the others. `assign` is shared: the offers take the first ready roots of
+        the jobs, in order. An outage raises `Unavailable` for all.
         """
 
     @abc.abstractmethod

@@ -15,6 +15,7 @@ import base64
 import collections
 import dataclasses
 import json
+import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,7 @@ from minitemporal.domain.model import (
     Output,
     RetryPolicy,
     StoreStats,
+    Submission,
     SubmitResult,
     SweepResult,
     TaskRef,
@@ -52,11 +54,21 @@ from minitemporal.domain.states import (
     after_attempt,
     job_status_when_done,
 )
-from minitemporal.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
+from minitemporal.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Problem,
+    Unavailable,
+)
 from minitemporal.store.base import Store
+
+log = logging.getLogger("minitemporal.store")
 
 T = TypeVar("T")
 Row = dict[str, Any]
+# `Tx.insert_job`'s arguments but the lease: id, name, idempotency key, digest, node rows.
+NewJob = tuple[uuid.UUID, str, "str | None", "str | None", list[Row]]
 # A job's key as the backend stores it (uuid.UUID in PostgreSQL, its text in SQLite). Flows pass
 # it through untouched: what a step returned is what the next step gets.
 JobKey = Any
@@ -136,6 +148,12 @@ class Tx(abc.ABC):
         claimed for that worker at once (running, leased for `lease` s, its attempt row). The
         job's created_at and the node rows (id, attempt, state, deps_pending), or None if the
         idempotency key is taken (then nothing is inserted)."""
+
+    async def insert_jobs(
+        self, jobs: list[NewJob], lease: float = 0.0
+    ) -> list[tuple[datetime, list[Row]] | None]:
+        """`insert_job` for each job, in order; a backend may do them in one statement."""
+        return [await self.insert_job(*job, lease) for job in jobs]
 
     @abc.abstractmethod
     async def job_by_idempotency_key(self, key: str) -> Row | None:
@@ -368,9 +386,7 @@ class SqlStore(Store):
             created_at, inserted = done
             claimed = claimed_roots(spec, str(job_id), inserted, owners, len(assign))
             changes = Changes(self, tx)
-            changes.queued.extend(
-                TaskRef(r["id"], r["attempt"]) for r in inserted if r["state"] == "queued"
-            )
+            changes.queued.extend(queued_refs(inserted))
             keyed = sorted(
                 r["id"] for r in inserted if r["state"] == "pending" and r["deps_pending"] == 0
             )
@@ -390,8 +406,83 @@ class SqlStore(Store):
 
         # Without keyed roots (their admission takes more statements) a submission is one
         # statement in PostgreSQL: job, nodes and edges. A key conflict inserts nothing.
-        single = not any(n["idempotency_key"] and not n["depends_on"] for n in nodes)
-        return await self._write(body, single=single)
+        return await self._write(body, single=not _keyed_roots(spec))
+
+    async def submit_jobs(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        assign: Sequence[tuple[str, int]] = (),
+        lease_seconds: float = 0.0,
+    ) -> list[SubmitResult | Exception]:
+        results: list[SubmitResult | Exception | None] = [None] * len(submissions)
+        # Keyed roots take more statements (their admission by key): those jobs go alone.
+        together = [i for i, s in enumerate(submissions) if not _keyed_roots(s.spec)]
+        if len(together) < 2:
+            together = []
+        if together:
+            slots = iter([k for k, (_, n) in enumerate(assign) for _ in range(n)])
+            planned: list[tuple[int, uuid.UUID, list[Row], list[int | None]]] = []
+            for i in together:
+                nodes = node_rows(submissions[i].spec)
+                owners = [next(slots, None) if row["queue"] else None for row in nodes]
+                for row, owner in zip(nodes, owners, strict=True):
+                    row["worker"] = assign[owner][0] if owner is not None else None
+                planned.append((i, uuid.uuid4(), nodes, owners))
+
+            async def body(tx: Tx) -> list[tuple[datetime, list[Row]] | None]:
+                jobs: list[NewJob] = []
+                for i, job_id, nodes, _ in planned:
+                    s = submissions[i]
+                    digest = s.request_digest if s.idempotency_key else None
+                    jobs.append((job_id, s.spec.name, s.idempotency_key, digest, nodes))
+                return await tx.insert_jobs(jobs, lease_seconds)
+
+            try:
+                done = await self._write(body, single=True)
+            except Unavailable:
+                raise
+            except Exception:
+                log.warning(
+                    "a batch of %d submissions failed; storing each alone",
+                    len(planned),
+                    exc_info=True,
+                )
+                done = [None] * len(planned)
+            for (i, job_id, _, owners), inserted in zip(planned, done, strict=True):
+                if inserted is None:  # its key was taken (or the batch failed): alone
+                    continue
+                spec = submissions[i].spec
+                created_at, rows = inserted
+                results[i] = SubmitResult(
+                    str(job_id),
+                    created=True,
+                    queued=tuple(sorted(queued_refs(rows))),
+                    created_at=created_at,
+                    node_counts=dict(sorted(collections.Counter(r["state"] for r in rows).items())),
+                    claimed=claimed_roots(spec, str(job_id), rows, owners, len(assign)),
+                )
+        # Alone: keyed roots, taken keys, or every job of a failed batch (so that only the
+        # faulty one fails). The offers go to the first of them if no batch took them.
+        offers = () if together else assign
+        for i, s in enumerate(submissions):
+            if results[i] is not None:
+                continue
+            try:
+                results[i] = await self.submit_job(
+                    s.spec,
+                    idempotency_key=s.idempotency_key,
+                    request_digest=s.request_digest,
+                    assign=offers,
+                    lease_seconds=lease_seconds,
+                )
+            except Unavailable:
+                raise
+            except Exception as exc:  # its own fault, whatever it is: the others stand
+                results[i] = exc
+            finally:
+                offers = ()
+        return [r for r in results if r is not None]
 
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         key = job_uuid(job_id)
@@ -894,6 +985,14 @@ def job_view(row: Row, counts: dict[str, int], nodes: tuple[NodeView, ...]) -> J
 
 
 # --- parameters
+def queued_refs(rows: list[Row]) -> list[TaskRef]:
+    return [TaskRef(r["id"], r["attempt"]) for r in rows if r["state"] == "queued"]
+
+
+def _keyed_roots(spec: JobSpec) -> bool:
+    return any(n.idempotency_key and not n.depends_on for n in spec.nodes)
+
+
 def node_rows(spec: JobSpec) -> list[Row]:
     """The nodes of a submission as `Tx.insert_job` takes them. Roots without an
     idempotency key are queued at once; keyed roots wait for admission by key."""

@@ -16,6 +16,8 @@ from minitemporal.domain.model import (
     Outcome,
     Output,
     RetryPolicy,
+    Submission,
+    SubmitResult,
     TaskRef,
     TaskResult,
 )
@@ -157,5 +159,31 @@ async def test_tables_that_grew_much_since_last_analyzed_are_analyzed_again(
             row = await cur.fetchone()
             assert row is not None and row[0] >= len(nodes), "the planner now knows its size"
         assert "nodes" not in await store.refresh_statistics(), "not again until it changes"
+    finally:
+        await store.close()
+
+
+async def test_a_batch_that_fails_stores_its_jobs_one_by_one(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One job PostgreSQL refuses (a NUL in its name, which text cannot hold; the api would
+    have refused it) fails the batch's statement: the others are then stored alone, and only
+    that job gets the error."""
+    store = PostgresStore(database_url, retry_policy=FAST, pool_size=2)
+    await store.open()
+    try:
+        results = await store.submit_jobs(
+            [
+                Submission(JobSpec("fine", (NodeSpec("a", "true"),))),
+                Submission(JobSpec("bad\x00name", (NodeSpec("a", "true"),))),
+                Submission(JobSpec("also fine", (NodeSpec("a", "true"),))),
+            ]
+        )
+        fine, bad, also = results
+        assert isinstance(bad, psycopg.DataError)
+        for r, name in ((fine, "fine"), (also, "also fine")):
+            assert isinstance(r, SubmitResult) and r.created
+            assert (await store.get_job(r.job_id)).name == name
+        assert "storing each alone" in caplog.text
     finally:
         await store.close()

@@ -22,6 +22,8 @@ from minitemporal.domain.model import (
     Outcome,
     Output,
     RetryPolicy,
+    Submission,
+    SubmitResult,
     TaskRef,
     TaskResult,
 )
@@ -957,3 +959,119 @@ async def test_a_repeated_or_partly_stale_success_report_is_judged_per_result(
         "b": NodeState.SUCCEEDED,
         "c": NodeState.QUEUED,
     }
+
+
+# --- submit_jobs: several submissions in one transaction (group commit)
+
+
+def diamond(command: str = "true") -> JobSpec:
+    return spec(
+        NodeSpec("a", command),
+        NodeSpec("b", command, depends_on=("a",)),
+        NodeSpec("c", command, depends_on=("a",)),
+        NodeSpec("d", command, depends_on=("b", "c")),
+        name="diamond",
+    )
+
+
+async def test_submit_jobs_stores_each_job_with_its_own_edges(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same node ids in every job: an edge must join the nodes of its own job only.
+    results = await store.submit_jobs([Submission(diamond()) for _ in range(3)])
+    assert "storing each alone" not in caplog.text, "stored together, not after a failure"
+    assert all(isinstance(r, SubmitResult) and r.created for r in results)
+    jobs = [r for r in results if isinstance(r, SubmitResult)]
+    assert len({r.job_id for r in jobs}) == 3
+    for r in jobs:
+        assert r.node_counts == {"pending": 3, "queued": 1}
+        assert len(r.queued) == 1
+        job = await store.get_job(r.job_id)
+        assert [(n.id, n.depends_on) for n in job.nodes] == [
+            ("a", ()),
+            ("b", ("a",)),
+            ("c", ("a",)),
+            ("d", ("b", "c")),
+        ]
+    # Run the middle job's root: its own children become ready, and no one else's.
+    middle = jobs[1]
+    [task] = await store.claim("w", middle.queued, 30)
+    assert task.job_id == middle.job_id and task.node_id == "a" and task.has_dependents
+    done = await store.complete("w", [result(task.ref)])
+    assert len(done.queued) == 2
+    assert await states(store, middle.job_id) == {
+        "a": NodeState.SUCCEEDED,
+        "b": NodeState.QUEUED,
+        "c": NodeState.QUEUED,
+        "d": NodeState.PENDING,
+    }
+    for other in (jobs[0], jobs[2]):
+        assert (await states(store, other.job_id))["b"] == NodeState.PENDING
+
+
+async def test_submit_jobs_settles_idempotency_keys_job_by_job(store: Store) -> None:
+    first = await store.submit_job(
+        spec(NodeSpec("a", "true")), idempotency_key="taken", request_digest="d1"
+    )
+    results = await store.submit_jobs(
+        [
+            Submission(spec(NodeSpec("a", "true")), "taken", "d1"),  # a retry: the same job
+            Submission(spec(NodeSpec("a", "true")), "fresh", "d2"),
+            Submission(spec(NodeSpec("a", "false")), "taken", "other"),  # another request
+            Submission(spec(NodeSpec("a", "true")), "fresh", "d2"),  # twice in one batch
+            Submission(spec(NodeSpec("a", "true")), "fresh", "d3"),
+            Submission(spec(NodeSpec("a", "true"))),
+        ]
+    )
+    retry, fresh, reused, twice, clash, plain = results
+    assert isinstance(retry, SubmitResult) and not retry.created
+    assert retry.job_id == first.job_id
+    assert isinstance(fresh, SubmitResult) and fresh.created
+    assert isinstance(reused, Conflict)
+    assert isinstance(twice, SubmitResult) and not twice.created
+    assert twice.job_id == fresh.job_id
+    assert isinstance(clash, Conflict)
+    assert isinstance(plain, SubmitResult) and plain.created
+    page = await store.list_jobs(limit=50)
+    assert len(page.jobs) == 3, "the first job, `fresh` once and the one without a key"
+
+
+async def test_submit_jobs_gives_offers_the_first_ready_roots_in_order(store: Store) -> None:
+    results = await store.submit_jobs(
+        [
+            Submission(spec(NodeSpec("a", "true"), NodeSpec("b", "true"))),
+            Submission(spec(NodeSpec("a", "true"), NodeSpec("z", "true", depends_on=("a",)))),
+            Submission(spec(NodeSpec("a", "true"))),
+        ],
+        assign=[("w1", 2), ("w2", 2)],
+        lease_seconds=30,
+    )
+    one, two, three = (r for r in results if isinstance(r, SubmitResult))
+    # w1 takes the first job's two roots, w2 the second's root and the third's.
+    assert [[t.node_id for t in c] for c in one.claimed] == [["a", "b"], []]
+    assert [[t.node_id for t in c] for c in two.claimed] == [[], ["a"]]
+    assert [[t.node_id for t in c] for c in three.claimed] == [[], ["a"]]
+    assert two.claimed[1][0].has_dependents and not three.claimed[1][0].has_dependents
+    assert one.queued == two.queued == three.queued == ()
+    for r, worker in ((one, "w1"), (two, "w2"), (three, "w2")):
+        job = await store.get_job(r.job_id)
+        roots = [n for n in job.nodes if not n.depends_on]
+        assert all(n.state == NodeState.RUNNING for n in roots)
+        assert all(n.attempts[-1].worker_id == worker for n in roots)
+    # The claims are real: a result from the worker they went to is recorded.
+    done = await store.complete("w2", [result(two.claimed[1][0].ref)])
+    assert done.enqueued_at[0] is not None and len(done.queued) == 1
+
+
+async def test_submit_jobs_sends_keyed_roots_alone(store: Store) -> None:
+    results = await store.submit_jobs(
+        [
+            Submission(spec(NodeSpec("a", "true"))),
+            Submission(spec(NodeSpec("a", "true", idempotency_key="root-key"))),
+            Submission(spec(NodeSpec("a", "true"))),
+        ]
+    )
+    assert all(isinstance(r, SubmitResult) and r.created for r in results)
+    keyed = results[1]
+    assert isinstance(keyed, SubmitResult)
+    assert await states(store, keyed.job_id) == {"a": NodeState.QUEUED}, "admitted by its key"

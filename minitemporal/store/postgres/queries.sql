@@ -53,6 +53,61 @@ SELECT i.id, i.node_id, i.attempt, i.state, i.deps_pending, i.idempotency_key,
        (SELECT created_at FROM job) AS created_at
 FROM inserted i;
 
+-- name: insert_jobs
+-- Several submissions in one statement (group commit), as `insert_job` stores each: `jobs` holds
+-- (k, id, name, n, idempotency_key, digest), each node names its job, each edge too. A job whose
+-- idempotency key is taken (by a committed job or one earlier in `jobs`) inserts nothing and
+-- returns no row; the others are unaffected.
+WITH jin AS (
+    SELECT * FROM jsonb_to_recordset(%(jobs)s::jsonb)
+        AS j(k integer, id uuid, name text, n integer, idempotency_key text, digest text)
+), job AS (
+    INSERT INTO jobs (id, name, nodes_total, nodes_unfinished, idempotency_key, request_digest)
+    SELECT id, name, n, n, idempotency_key, digest FROM jin ORDER BY k
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, created_at
+), inserted AS (
+    INSERT INTO nodes (job_id, node_id, position, name, command, retries, timeout_seconds,
+                       idempotency_key, depends_on, env, backoff_base, backoff_factor,
+                       backoff_max, deps_pending, state, attempt, enqueued_at, worker_id,
+                       lease_until, deadline_at)
+    SELECT job.id, n.id, n.position, n.name, n.command, n.retries, n.timeout_seconds,
+           n.idempotency_key, ARRAY(SELECT jsonb_array_elements_text(n.depends_on)), n.env,
+           n.backoff_base, n.backoff_factor, n.backoff_max,
+           jsonb_array_length(n.depends_on),
+           CASE WHEN n.worker IS NOT NULL THEN 'running' WHEN n.queue THEN 'queued'
+                ELSE 'pending' END,
+           CASE WHEN n.queue THEN 1 ELSE 0 END,
+           CASE WHEN n.queue THEN clock_timestamp() END,
+           n.worker,
+           CASE WHEN n.worker IS NOT NULL
+                THEN clock_timestamp() + make_interval(secs => %(lease)s) END,
+           CASE WHEN n.worker IS NOT NULL
+                THEN clock_timestamp() + make_interval(secs => n.timeout_seconds + %(lease)s) END
+    FROM jsonb_to_recordset(%(nodes)s::jsonb) AS n(
+        job uuid, id text, position integer, name text, command text, retries integer,
+        timeout_seconds double precision, idempotency_key text, depends_on jsonb, env jsonb,
+        backoff_base double precision, backoff_factor double precision,
+        backoff_max double precision, queue boolean, worker text)
+    JOIN job ON job.id = n.job
+    RETURNING id, job_id, node_id, position, attempt, state, deps_pending, idempotency_key,
+              worker_id, enqueued_at
+), claimed AS (
+    INSERT INTO attempts (node_id, attempt, worker_id, enqueued_at, claimed_at)
+    SELECT id, attempt, worker_id, enqueued_at, clock_timestamp()
+    FROM inserted WHERE state = 'running'
+), edges AS (
+    INSERT INTO node_edges (parent_id, child_id)
+    SELECT p.id, c.id
+    FROM unnest(%(edge_jobs)s::uuid[], %(parents)s::text[], %(children)s::text[])
+        AS e(job, parent, child)
+    JOIN inserted p ON p.job_id = e.job AND p.node_id = e.parent
+    JOIN inserted c ON c.job_id = e.job AND c.node_id = e.child
+)
+SELECT i.job_id, i.id, i.node_id, i.position, i.attempt, i.state, i.deps_pending,
+       i.idempotency_key, j.created_at
+FROM inserted i JOIN job j ON j.id = i.job_id;
+
 -- name: job_by_idempotency_key
 SELECT id, request_digest FROM jobs WHERE idempotency_key = %(key)s;
 

@@ -41,6 +41,7 @@ from minitemporal.store.common import (
     JobCount,
     JobKey,
     LockedNode,
+    NewJob,
     Row,
     SqlStore,
     Succeeded,
@@ -272,6 +273,51 @@ class _PgTx(Tx):
         if not rows:  # the key was taken: nothing inserted (a job has at least one node)
             return None
         return rows[0]["created_at"], rows
+
+    async def insert_jobs(
+        self, jobs: list[NewJob], lease: float = 0.0
+    ) -> list[tuple[datetime, list[Row]] | None]:
+        edges = [
+            (str(job), dep, n["id"])
+            for job, *_, nodes in jobs
+            for n in nodes
+            for dep in n["depends_on"]
+        ]
+        rows = await self._all(
+            "insert_jobs",
+            {
+                "jobs": Jsonb(
+                    [
+                        {
+                            "k": k,
+                            "id": str(job),
+                            "name": name,
+                            "n": len(nodes),
+                            "idempotency_key": key,
+                            "digest": digest,
+                        }
+                        for k, (job, name, key, digest, nodes) in enumerate(jobs)
+                    ]
+                ),
+                "nodes": Jsonb([{**n, "job": str(job)} for job, *_, nodes in jobs for n in nodes]),
+                "edge_jobs": [j for j, _, _ in edges],
+                "parents": [p for _, p, _ in edges],
+                "children": [c for _, _, c in edges],
+                "lease": lease,
+            },
+        )
+        by_job: dict[uuid.UUID, list[Row]] = {}
+        for row in rows:
+            by_job.setdefault(row["job_id"], []).append(row)
+        out: list[tuple[datetime, list[Row]] | None] = []
+        for job, *_ in jobs:
+            mine = by_job.get(job)
+            if mine is None:  # its key was taken: nothing inserted (a job has a node)
+                out.append(None)
+                continue
+            mine.sort(key=lambda r: r["position"])
+            out.append((mine[0]["created_at"], mine))
+        return out
 
     async def job_by_idempotency_key(self, key: str) -> Row | None:
         return await self._one("job_by_idempotency_key", {"key": key})

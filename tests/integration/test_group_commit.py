@@ -1,0 +1,117 @@
+"""Group commit of submissions in the scheduler, against PostgreSQL and Redis: submissions
+that arrive together are stored in fewer transactions than there are jobs, every one of them
+is stored and queued, and each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from minitemporal.domain.model import JobSpec, NodeSpec, RetryPolicy
+from minitemporal.domain.validation import Limits
+from minitemporal.errors import Conflict
+from minitemporal.observability.metrics import Metrics
+from minitemporal.queue.redis import RedisQueue
+from minitemporal.scheduler.service import SchedulerService
+from minitemporal.store.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def service(
+    database_url: str, redis_server_url: str, redis_prefix: str, metrics: Metrics
+) -> AsyncIterator[SchedulerService]:
+    store = PostgresStore(database_url, retry_policy=RetryPolicy(), pool_size=4)
+    queue = RedisQueue(redis_server_url, prefix=redis_prefix)
+    await store.open()
+    await queue.open()
+    yield SchedulerService(store, queue, metrics.scheduler, lease_seconds=15, limits=Limits())
+    await queue.close()
+    await store.close()
+
+
+def batches(metrics: Metrics) -> tuple[float, float]:
+    """(transactions, jobs) of the submission batches so far."""
+    count = metrics.registry.get_sample_value("minitemporal_submit_batch_jobs_count") or 0.0
+    total = metrics.registry.get_sample_value("minitemporal_submit_batch_jobs_sum") or 0.0
+    return count, total
+
+
+def job(i: int) -> JobSpec:
+    return JobSpec(
+        f"j{i}",
+        (NodeSpec("a", "true", name="a"), NodeSpec("b", "true", name="b", depends_on=("a",))),
+    )
+
+
+async def test_concurrent_submissions_share_transactions_and_are_all_queued(
+    service: SchedulerService, metrics: Metrics, redis_server_url: str, redis_prefix: str
+) -> None:
+    answers = await asyncio.gather(
+        *(service.submit_job(job(i), idempotency_key=None, request_digest=None) for i in range(40))
+    )
+    assert all(created for _, created in answers)
+    views = [view for view, _ in answers]
+    assert len({v.id for v in views}) == 40
+    assert [v.name for v in views] == [f"j{i}" for i in range(40)], "each caller its own job"
+    assert all(v.node_counts == {"pending": 1, "queued": 1} for v in views)
+    transactions, jobs = batches(metrics)
+    assert jobs == 40
+    assert transactions < 40, "submissions that waited were committed together"
+    queued = await service.store.queued_tasks()
+    assert len(queued) == 40
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        assert client.zcard(f"{redis_prefix}:ready") == 40, "every root pushed"
+    finally:
+        client.close()
+    for view in views:
+        stored = await service.store.get_job(view.id)
+        assert stored.name == view.name
+        assert [n.depends_on for n in stored.nodes] == [(), ("a",)]
+
+
+async def test_concurrent_submissions_with_one_key_make_one_job(
+    service: SchedulerService, metrics: Metrics
+) -> None:
+    async def submit(digest: str) -> tuple[str, bool]:
+        view, created = await service.submit_job(job(0), idempotency_key="k", request_digest=digest)
+        return view.id, created
+
+    answers = await asyncio.gather(
+        *(submit("same") for _ in range(8)), submit("different"), return_exceptions=True
+    )
+    *same, different = answers
+    assert isinstance(different, Conflict)
+    assert not any(isinstance(a, BaseException) for a in same)
+    ids = {a[0] for a in same if isinstance(a, tuple)}
+    assert len(ids) == 1, "every retry names the one job"
+    assert sum(1 for a in same if isinstance(a, tuple) and a[1]) == 1, "created once"
+    page = await service.store.list_jobs(limit=10)
+    assert len(page.jobs) == 1
+    assert batches(metrics)[0] < 9
+
+
+async def test_a_large_job_is_stored_beside_the_batches(
+    service: SchedulerService, metrics: Metrics
+) -> None:
+    wide = JobSpec("wide", tuple(NodeSpec(f"n{i}", "true", name=f"n{i}") for i in range(150)))
+    answers = await asyncio.gather(
+        *(service.submit_job(job(i), idempotency_key=None, request_digest=None) for i in range(10)),
+        service.submit_job(wide, idempotency_key=None, request_digest=None),
+    )
+    assert all(created for _, created in answers)
+    big, _ = answers[-1]
+    assert big.nodes_total == 150 and big.node_counts == {"queued": 150}
+    assert batches(metrics)[1] == 11
+    stored = await service.store.get_job(big.id)
+    assert [n.id for n in stored.nodes] == [f"n{i}" for i in range(150)]
