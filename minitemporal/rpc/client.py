@@ -19,6 +19,7 @@ from minitemporal.domain.model import (
     JobPage,
     JobSpec,
     JobView,
+    Submission,
     TaskRef,
     TaskResult,
 )
@@ -28,17 +29,20 @@ from minitemporal.errors import (
     Unavailable,
     decode_from_grpc,
 )
+from minitemporal.groupcommit import ALONE_NODES, BATCH_NODES, GroupCommit
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
-from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, SERVICE_NAME
+from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, MAX_SUBMIT_BATCH, SERVICE_NAME
 from minitemporal.rpc.session import FIELDS as SESSION_METHODS
-from minitemporal.rpc.session import Session, StreamBroken
+from minitemporal.rpc.session import Session, StreamBroken, decode_session_error
 
 log = logging.getLogger("minitemporal.rpc")
+Answer = tuple[JobView, bool]  # a submission's job, and whether this call created it
 _REFUSED_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 REFUSAL_LOG_SECONDS = 60.0
+SUBMIT_CALLS = 2
 
 
 class SchedulerClient:
@@ -84,6 +88,17 @@ class SchedulerClient:
         self._session = (
             Session(self._stub, self._metadata, wait=wait_for_ready) if session else None
         )
+        # Submissions made while SUBMIT_CALLS calls are out wait and go together in one
+        # SubmitJobs call, which the scheduler stores in one transaction; a lone one goes at
+        # once as a SubmitJob. More calls out spread a busy api over several schedulers.
+        self._submits: GroupCommit[Submission, Answer] = GroupCommit(
+            self._submit_batch,
+            concurrency=SUBMIT_CALLS,
+            max_items=MAX_SUBMIT_BATCH,
+            max_weight=BATCH_NODES,
+            weight=lambda s: len(s.spec.nodes),
+        )
+        self._batch_calls = True  # False once a scheduler answers that it has no SubmitJobs
 
     async def end_session(self) -> None:
         """End the worker's stream once the worker stopped: a scheduler that is stopping
@@ -95,7 +110,15 @@ class SchedulerClient:
         await self.end_session()
         await self._channel.close()
 
-    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        timeout: float | None = None,
+        *,
+        raw: tuple[grpc.StatusCode, ...] = (),
+    ) -> Any:
+        """`raw`: status codes raised as grpc's own error, not as a domain error."""
         start = time.perf_counter()
         code = "OK"
         try:
@@ -110,6 +133,8 @@ class SchedulerClient:
                 )
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
+            if exc.code() in raw:
+                raise
             raise self._error(exc) from None
         except StreamBroken as exc:
             # The stream itself ended: a refusal of our credentials, or a broken transport
@@ -159,10 +184,47 @@ class SchedulerClient:
         idempotency_key: str | None = None,
         request_digest: str | None = None,
     ) -> tuple[JobView, bool]:
+        submission = Submission(spec, idempotency_key, request_digest)
+        if len(spec.nodes) > ALONE_NODES:
+            return await self._submit_one(submission)
+        return await self._submits(submission)
+
+    async def _submit_one(self, s: Submission) -> tuple[JobView, bool]:
         reply = await self._call(
-            "SubmitJob", convert.job_spec_to_pb(spec, idempotency_key, request_digest)
+            "SubmitJob", convert.job_spec_to_pb(s.spec, s.idempotency_key, s.request_digest)
         )
         return convert.job_from_pb(reply.job), reply.created
+
+    async def _submit_each(self, batch: list[Submission]) -> list[Answer | BaseException]:
+        return await asyncio.gather(*map(self._submit_one, batch), return_exceptions=True)
+
+    async def _submit_batch(self, batch: list[Submission]) -> list[Answer | BaseException]:
+        """One call for what waited: SubmitJob for one, SubmitJobs for more (SubmitJob each
+        if the scheduler predates SubmitJobs)."""
+        if len(batch) == 1 or not self._batch_calls:
+            return await self._submit_each(batch)
+        request = pb.SubmitJobsRequest(
+            jobs=[
+                convert.job_spec_to_pb(s.spec, s.idempotency_key, s.request_digest) for s in batch
+            ]
+        )
+        try:
+            reply = await self._call("SubmitJobs", request, raw=(grpc.StatusCode.UNIMPLEMENTED,))
+        except grpc.aio.AioRpcError:
+            log.warning("the scheduler at %s has no SubmitJobs: one call per job", self.address)
+            self._batch_calls = False
+            return await self._submit_each(batch)
+        if len(reply.results) != len(batch):
+            raise Unavailable(f"{len(reply.results)} results for {len(batch)} submissions")
+        answers: list[Answer | BaseException] = []
+        for result in reply.results:
+            if result.HasField("error"):
+                answers.append(decode_session_error(result.error))
+            else:
+                answers.append(
+                    (convert.job_from_pb(result.submitted.job), result.submitted.created)
+                )
+        return answers
 
     async def get_job(self, job_id: str, *, include_nodes: bool = True) -> JobView:
         reply = await self._call(

@@ -14,8 +14,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from minitemporal.domain.model import ClaimedTask
-from minitemporal.errors import InvalidInput, MinitemporalError, encode_for_grpc
+from minitemporal.domain.model import ClaimedTask, Submission
+from minitemporal.errors import InvalidInput, MinitemporalError, Problem, encode_for_grpc
+from minitemporal.groupcommit import BATCH_JOBS
 from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
@@ -28,6 +29,7 @@ Resp = TypeVar("Resp")
 SERVICE_NAME = "minitemporal.v1.Scheduler"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 AUTH_KEY = "authorization"
+MAX_SUBMIT_BATCH = BATCH_JOBS  # jobs in one SubmitJobs call
 # Probes (Kubernetes grpc probes, grpc_health_probe) cannot carry our secret.
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
 
@@ -72,6 +74,39 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
 
         return await self._run("SubmitJob", context, body)
+
+    async def SubmitJobs(
+        self, request: pb.SubmitJobsRequest, context: Any
+    ) -> pb.SubmitJobsResponse:
+        async def body() -> pb.SubmitJobsResponse:
+            if len(request.jobs) > MAX_SUBMIT_BATCH:
+                raise InvalidInput(
+                    "too many jobs in one call",
+                    [Problem("/jobs", f"at most {MAX_SUBMIT_BATCH} per call")],
+                )
+            submissions = [
+                Submission(
+                    convert.job_spec_from_pb(job),
+                    job.idempotency_key if job.HasField("idempotency_key") else None,
+                    job.request_digest if job.HasField("request_digest") else None,
+                )
+                for job in request.jobs
+            ]
+            reply = pb.SubmitJobsResponse()
+            for answer in await self._s.submit_jobs(submissions):
+                result = reply.results.add()
+                if isinstance(answer, MinitemporalError):
+                    result.error.CopyFrom(_session_error(answer))
+                elif isinstance(answer, Exception):
+                    log.error("a submission of SubmitJobs failed", exc_info=answer)
+                    result.error.CopyFrom(pb.SessionError(code="INTERNAL", detail="internal error"))
+                else:
+                    job, created = answer
+                    result.submitted.job.CopyFrom(convert.job_to_pb(job))
+                    result.submitted.created = created
+            return reply
+
+        return await self._run("SubmitJobs", context, body)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         async def body() -> pb.Job:

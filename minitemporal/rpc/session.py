@@ -75,7 +75,7 @@ class Session:
             if future.done() and not future.cancelled():
                 future.exception()  # a reset may have failed it after the call gave up on it
         if reply.HasField("error"):
-            raise _decode(reply.error)
+            raise decode_session_error(reply.error)
         return getattr(reply, field)
 
     async def _send(self, request: pb.SessionRequest) -> None:
@@ -141,7 +141,8 @@ class Session:
                 await reader
 
 
-def _decode(error: pb.SessionError) -> MinitemporalError:
+def decode_session_error(error: pb.SessionError) -> MinitemporalError:
+    """The domain error a call of the session (or one submission of a batch) failed with."""
     code = getattr(grpc.StatusCode, error.code, grpc.StatusCode.UNKNOWN)
     trailer = ((GRPC_ERROR_KEY, error.error),) if error.error else ()
     return decode_from_grpc(code, error.detail, trailer)

@@ -32,24 +32,16 @@ from minitemporal.domain.model import (
     TaskResult,
 )
 from minitemporal.domain.validation import MAX_PAGE, Limits, parse_job
-from minitemporal.errors import InvalidInput, Problem, Unavailable
+from minitemporal.errors import InvalidInput, MinitemporalError, Problem, Unavailable
 from minitemporal.failpoints import Failpoints
+from minitemporal.groupcommit import ALONE_NODES, BATCH_JOBS, BATCH_NODES, GroupCommit
 from minitemporal.observability.metrics import SchedulerMetrics
 from minitemporal.queue.base import TaskQueue
-from minitemporal.scheduler.groupcommit import GroupCommit
 from minitemporal.scheduler.offers import Offers
 from minitemporal.scheduler.watch import WatchHub
 from minitemporal.store.base import Store
 
 log = logging.getLogger("minitemporal.scheduler")
-
-# Group commit of small submissions (see `groupcommit`): one batch in flight at a time, so that
-# what arrives meanwhile goes together; a submission that finds none in flight is stored at
-# once. A job of more nodes is stored on its own, concurrently (its rows are what it costs, and
-# it must not hold up the small ones behind it).
-SUBMIT_BATCH_JOBS = 64
-SUBMIT_BATCH_NODES = 1000
-SUBMIT_ALONE_NODES = 100
 
 
 class SchedulerService:
@@ -75,11 +67,14 @@ class SchedulerService:
         # Idle workers' offers of slots: new jobs' ready nodes go straight to them.
         self.offers = Offers()
         self._pushing: set[asyncio.Task[None]] = set()  # pushes that follow their reply
-        # Submissions that arrive while others are being stored are stored together.
+        # Group commit (see `groupcommit`): one batch in flight at a time, so that what arrives
+        # meanwhile goes together; a submission that finds none in flight is stored at once. A
+        # job of more than ALONE_NODES is stored on its own, beside the batches, so that it
+        # holds up no small one.
         self._submit: GroupCommit[Submission, SubmitResult] = GroupCommit(
             self._store_submissions,
-            max_items=SUBMIT_BATCH_JOBS,
-            max_weight=SUBMIT_BATCH_NODES,
+            max_items=BATCH_JOBS,
+            max_weight=BATCH_NODES,
             weight=lambda s: len(s.spec.nodes),
         )
 
@@ -105,12 +100,47 @@ class SchedulerService:
         # The api validated already; validate again: gRPC callers are not all the api.
         spec = _revalidate(spec, self.limits)
         submission = Submission(spec, idempotency_key, request_digest)
-        if len(spec.nodes) > SUBMIT_ALONE_NODES:
+        if len(spec.nodes) > ALONE_NODES:
             (result,) = await self._store_submissions([submission])
         else:
             result = await self._submit(submission)
         if isinstance(result, Exception):
             raise result
+        return await self._answer(spec, result)
+
+    async def submit_jobs(
+        self, submissions: Sequence[Submission]
+    ) -> list[tuple[JobView, bool] | Exception]:
+        """Several submissions of one call (an api's batch): an answer per submission, as
+        `submit_job` would give it (its view, or the error it would raise). The small ones
+        wait together for the group commit, the large ones are stored beside them."""
+        answers: list[tuple[JobView, bool] | Exception | None] = [None] * len(submissions)
+        small: list[tuple[int, Submission]] = []
+        large: list[tuple[int, Submission]] = []
+        for i, s in enumerate(submissions):
+            try:
+                spec = _revalidate(s.spec, self.limits)
+            except MinitemporalError as exc:
+                answers[i] = exc
+                continue
+            lane = large if len(spec.nodes) > ALONE_NODES else small
+            lane.append((i, Submission(spec, s.idempotency_key, s.request_digest)))
+        stored: list[tuple[int, SubmitResult | BaseException]] = []
+        if small:
+            results = await self._submit.many([s for _, s in small])
+            stored += zip([i for i, _ in small], results, strict=True)
+        for i, s in large:
+            stored += [(i, r) for r in await self._store_submissions([s])]
+        for i, result in stored:
+            if isinstance(result, SubmitResult):
+                answers[i] = await self._answer(submissions[i].spec, result)
+            elif isinstance(result, Exception):
+                answers[i] = result
+            else:  # cancelled: the caller is going away
+                raise result
+        return [a for a in answers if a is not None]
+
+    async def _answer(self, spec: JobSpec, result: SubmitResult) -> tuple[JobView, bool]:
         if not result.created:
             return await self.store.get_job(result.job_id, include_nodes=False), False
         view = JobView(

@@ -1,22 +1,28 @@
-"""Group commit of submissions in the scheduler, against PostgreSQL and Redis: submissions
-that arrive together are stored in fewer transactions than there are jobs, every one of them
-is stored and queued, and each caller gets its own answer."""
+"""Group commit of submissions, against PostgreSQL and Redis: submissions that arrive together
+are stored in fewer transactions than there are jobs, an api's client sends them in fewer calls
+(SubmitJobs), every one of them is stored and queued, and each caller gets its own answer."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 import redis
+from grpc_health.v1._async import HealthServicer
 
 from minitemporal.domain.model import JobSpec, NodeSpec, RetryPolicy
 from minitemporal.domain.validation import Limits
-from minitemporal.errors import Conflict
+from minitemporal.errors import Conflict, InvalidInput
 from minitemporal.observability.metrics import Metrics
 from minitemporal.queue.redis import RedisQueue
+from minitemporal.rpc.client import SchedulerClient
+from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
+from minitemporal.rpc.server import SchedulerServicer, build_server
 from minitemporal.scheduler.service import SchedulerService
 from minitemporal.store.postgres import PostgresStore
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +121,82 @@ async def test_a_large_job_is_stored_beside_the_batches(
     assert batches(metrics)[1] == 11
     stored = await service.store.get_job(big.id)
     assert [n.id for n in stored.nodes] == [f"n{i}" for i in range(150)]
+
+
+def calls(metrics: Metrics, method: str, code: str = "OK") -> float:
+    sample = metrics.registry.get_sample_value(
+        "minitemporal_grpc_server_handled_total", {"method": method, "code": code}
+    )
+    return sample or 0.0
+
+
+async def test_an_apis_concurrent_submissions_go_in_few_calls_each_with_its_answer(
+    service: SchedulerService, metrics: Metrics
+) -> None:
+    server_metrics = Metrics()
+    port = free_port()
+    server, _ = build_server(
+        service, server_metrics.grpc, HealthServicer(), secret="s", address=f"127.0.0.1:{port}"
+    )
+    await server.start()
+    client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s", timeout=10)
+    await service.store.submit_job(job(0), idempotency_key="taken", request_digest="d1")
+    cycle = JobSpec("cycle", (NodeSpec("a", "true", depends_on=("a",)),))
+    try:
+        answers = await asyncio.gather(
+            *(
+                client.submit_job(job(i))
+                if i not in (5, 9)
+                else client.submit_job(job(i), idempotency_key="taken", request_digest="d2")
+                if i == 5
+                else client.submit_job(cycle)
+                for i in range(1, 13)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+    for i, answer in enumerate(answers, start=1):
+        if i == 5:
+            assert isinstance(answer, Conflict), answer
+        elif i == 9:
+            assert isinstance(answer, InvalidInput), answer
+        else:
+            assert isinstance(answer, tuple), answer
+            view, created = answer
+            assert created and view.name == f"j{i}", "each caller its own job"
+    assert calls(server_metrics, "SubmitJobs") >= 1
+    assert calls(server_metrics, "SubmitJob") + calls(server_metrics, "SubmitJobs") < 12
+    assert len((await service.store.list_jobs(limit=50)).jobs) == 1 + 10
+
+
+class _OldServicer(SchedulerServicer):
+    """A scheduler from before SubmitJobs."""
+
+    async def SubmitJobs(self, request: object, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+
+async def test_an_older_scheduler_gets_one_call_per_submission(
+    service: SchedulerService, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_metrics = Metrics()
+    port = free_port()
+    server = grpc.aio.server()
+    pb_grpc.add_SchedulerServicer_to_server(_OldServicer(service, server_metrics.grpc), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10)
+    try:
+        for _ in range(2):  # the second round goes one by one from the start
+            answers = await asyncio.gather(
+                *(client.submit_job(job(i)) for i in range(10)), return_exceptions=True
+            )
+            assert all(isinstance(a, tuple) and a[1] for a in answers), answers
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+    assert caplog.text.count("has no SubmitJobs") == 1, "asked once, then remembered"
+    assert calls(server_metrics, "SubmitJob") == 20
+    assert len((await service.store.list_jobs(limit=50)).jobs) == 20

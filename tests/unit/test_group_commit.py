@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from minitemporal.scheduler.groupcommit import GroupCommit
+from minitemporal.groupcommit import GroupCommit
 
 pytestmark = pytest.mark.anyio
 
@@ -177,3 +177,27 @@ async def test_a_wrong_number_of_results_is_an_error_for_every_caller() -> None:
     for task in others:
         with pytest.raises(RuntimeError, match="1 results for a batch of 2"):
             await task
+
+
+async def test_many_items_of_one_caller_go_in_as_few_batches_as_the_bounds_allow() -> None:
+    store = Store()
+    group: GroupCommit[str, str] = GroupCommit(store.run, max_items=3)
+    first = start(group, "a")
+    await until(lambda: store.batches)
+    many = asyncio.ensure_future(group.many(["b", "bad", "c", "d"]))
+    await until(lambda: group.waiting == 4)
+    store.hold = False
+    store.release()
+    results = await many
+    assert results[0] == "B" and isinstance(results[1], ValueError)
+    assert results[2:] == ["C", "D"]
+    assert await first == "A"
+    assert store.batches == [["a"], ["b", "bad", "c"], ["d"]]
+
+
+async def test_many_with_nothing_in_flight_is_one_batch() -> None:
+    store = Store(hold=False)
+    group: GroupCommit[str, str] = GroupCommit(store.run)
+    assert await group.many(["a", "b"]) == ["A", "B"]
+    assert await group.many([]) == []
+    assert store.batches == [["a", "b"]]

@@ -40,6 +40,11 @@ class SchedulerStub:
                 request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/minitemporal.v1.Scheduler/SubmitJobs',
+                request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/minitemporal.v1.Scheduler/GetJob',
                 request_serializer=minitemporal_dot_v1_dot_scheduler__pb2.GetJobRequest.SerializeToString,
@@ -92,6 +97,14 @@ class SchedulerServicer:
 
     def SubmitJob(self, request, context):
         """Jobs: used by the api role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """Several submissions in one call: an api sends together what arrives while its previous
+        call is out. A result per submission, in order; one's error does not fail the others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +179,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobRequest.FromString,
                     response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobResponse.SerializeToString,
             ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=minitemporal_dot_v1_dot_scheduler__pb2.GetJobRequest.FromString,
@@ -239,6 +257,33 @@ class Scheduler:
             '/minitemporal.v1.Scheduler/SubmitJob',
             minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobRequest.SerializeToString,
             minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minitemporal.v1.Scheduler/SubmitJobs',
+            minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsRequest.SerializeToString,
+            minitemporal_dot_v1_dot_scheduler__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

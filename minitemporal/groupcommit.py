@@ -1,10 +1,11 @@
-"""Group commit: calls that arrive while earlier ones are being stored go together.
+"""Group commit: calls that arrive while earlier ones are in flight go together.
 
-At light load a call is stored at once, alone, so it waits for nothing. Under load the calls
-that queue up behind the batches in flight become the next batch: one statement, one durable
-commit and one queue push for all of them, where each used to pay for its own. This is how
-PostgreSQL itself shares a WAL flush among concurrent commits, one level up. No I/O here: the
-caller supplies what stores a batch.
+At light load a call goes at once, alone, so it waits for nothing. Under load the calls that
+queue up behind the batches in flight become the next batch. A scheduler uses it to store
+submissions (one statement, one durable commit and one queue push for a batch, where each
+used to pay for its own: how PostgreSQL shares a WAL flush among concurrent commits, one level
+up); an api uses it to send them (one SubmitJobs call for a batch). No I/O here: the caller
+supplies what handles a batch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# Bounds of a batch of submissions, the same for an api's calls and a scheduler's commits.
+BATCH_JOBS = 64
+BATCH_NODES = 1000
+ALONE_NODES = 100  # a job of more nodes goes on its own: its rows are what it costs
 
 # Stores a batch; a result per item, in order: a value, or the exception for that item alone.
 RunBatch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
@@ -67,6 +73,18 @@ class GroupCommit(Generic[T, R]):
         if self.in_flight < self._concurrency:
             self._start_flusher()
         return await future
+
+    async def many(self, items: Sequence[T]) -> list[R | BaseException]:
+        """Several items at once (a caller's own batch): they wait together, so they are
+        stored in as few batches as the bounds allow. A result per item, in order."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            futures.append(loop.create_future())
+            self._waiting.append((item, futures[-1]))
+        if futures and self.in_flight < self._concurrency:
+            self._start_flusher()
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     async def _alone(self, item: T) -> R:
         """Nothing in flight: store it in the caller's own task (no hop through another task
