@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict, TypeVar
 
@@ -361,12 +361,7 @@ class SqlStore(Store):
     ) -> SubmitResult:
         job_id = uuid.uuid4()
         nodes = node_rows(spec)
-        # Idle workers' offers take the first ready roots, in order: `owners[i]` is the
-        # `assign` entry node i goes to, if any.
-        slots = iter([k for k, (_, n) in enumerate(assign) for _ in range(n)])
-        owners = [next(slots, None) if row["queue"] else None for row in nodes]
-        for row, owner in zip(nodes, owners, strict=True):
-            row["worker"] = assign[owner][0] if owner is not None else None
+        owners = give_roots(nodes, offer_slots(assign), assign)
 
         async def body(tx: Tx) -> SubmitResult:
             digest = request_digest if idempotency_key else None
@@ -421,14 +416,11 @@ class SqlStore(Store):
         if len(together) < 2:
             together = []
         if together:
-            slots = iter([k for k, (_, n) in enumerate(assign) for _ in range(n)])
+            slots = offer_slots(assign)  # shared: the first jobs' roots take them first
             planned: list[tuple[int, uuid.UUID, list[Row], list[int | None]]] = []
             for i in together:
                 nodes = node_rows(submissions[i].spec)
-                owners = [next(slots, None) if row["queue"] else None for row in nodes]
-                for row, owner in zip(nodes, owners, strict=True):
-                    row["worker"] = assign[owner][0] if owner is not None else None
-                planned.append((i, uuid.uuid4(), nodes, owners))
+                planned.append((i, uuid.uuid4(), nodes, give_roots(nodes, slots, assign)))
 
             async def body(tx: Tx) -> list[tuple[datetime, list[Row]] | None]:
                 jobs: list[NewJob] = []
@@ -1015,6 +1007,22 @@ def node_rows(spec: JobSpec) -> list[Row]:
         }
         for i, n in enumerate(spec.nodes)
     ]
+
+
+def offer_slots(assign: Sequence[tuple[str, int]]) -> Iterator[int]:
+    """Every slot of the offers, oldest offer first, as the index of its `assign` entry."""
+    return iter([k for k, (_, n) in enumerate(assign) for _ in range(n)])
+
+
+def give_roots(
+    nodes: list[Row], slots: Iterator[int], assign: Sequence[tuple[str, int]]
+) -> list[int | None]:
+    """Idle workers' offers take the first ready roots, in order: sets each row's `worker`
+    and returns `owners` (`owners[i]`: the `assign` entry node i goes to, if any)."""
+    owners = [next(slots, None) if row["queue"] else None for row in nodes]
+    for row, owner in zip(nodes, owners, strict=True):
+        row["worker"] = assign[owner][0] if owner is not None else None
+    return owners
 
 
 def claimed_roots(
