@@ -196,6 +196,11 @@ class SchedulerClient:
         return convert.job_from_pb(reply.job), reply.created
 
     async def _submit_each(self, batch: list[Submission]) -> list[Answer | BaseException]:
+        if len(batch) == 1:  # the light-load path: no task per call, as gather would make
+            try:
+                return [await self._submit_one(batch[0])]
+            except Exception as exc:
+                return [exc]
         return await asyncio.gather(*map(self._submit_one, batch), return_exceptions=True)
 
     async def _submit_batch(self, batch: list[Submission]) -> list[Answer | BaseException]:
