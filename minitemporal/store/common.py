@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict, TypeVar
 
@@ -269,6 +269,11 @@ class Tx(abc.ABC):
     async def finish_job(self, job: JobKey, status: JobStatus) -> float | None:
         """Give a job with no unfinished node its final status; its duration in seconds, or
         None if it had finished already."""
+
+    async def finish_jobs(self, jobs: list[tuple[JobKey, JobStatus]]) -> list[float | None]:
+        """`finish_job` for each (job, status), in order; a backend may do them in one
+        statement."""
+        return [await self.finish_job(job, status) for job, status in jobs]
 
     # --- idempotency keys
     @abc.abstractmethod
@@ -771,10 +776,9 @@ class Changes:
         await self.admit_keyed(done["keyed_ids"])
         for key in done["keys"]:
             await self.wake_key_waiters(key)
-        for job, failed, cancelled in zip(
-            done["done_jobs"], done["done_failed"], done["done_cancelled"], strict=True
-        ):
-            await self.finish_job(job, cancelled=cancelled, failed=failed)
+        await self.finish_jobs(
+            zip(done["done_jobs"], done["done_failed"], done["done_cancelled"], strict=True)
+        )
 
     async def admit_keyed(self, node_ids: Sequence[int]) -> None:
         """Ready nodes with an idempotency key: reuse a result, wait, or queue (domain rule)."""
@@ -839,10 +843,21 @@ class Changes:
             await self.finish_job(row["id"], cancelled=row["cancelled"], failed=row["nodes_failed"])
 
     async def finish_job(self, job: JobKey, *, cancelled: bool, failed: int) -> None:
-        status = job_status_when_done(cancelled=cancelled, failed_nodes=failed)
-        duration = await self.tx.finish_job(job, status)
-        if duration is not None:
-            self.finished.append(FinishedJob(str(job), status, duration))
+        await self.finish_jobs([(job, failed, cancelled)])
+
+    async def finish_jobs(self, jobs: Iterable[tuple[JobKey, int, bool]]) -> None:
+        """Final status for jobs left with no unfinished node, given as (job, failed nodes,
+        cancel requested): one statement for the jobs a report's successes finished."""
+        statuses = [
+            (job, job_status_when_done(cancelled=cancelled, failed_nodes=failed))
+            for job, failed, cancelled in jobs
+        ]
+        if not statuses:
+            return
+        durations = await self.tx.finish_jobs(statuses)
+        for (job, status), duration in zip(statuses, durations, strict=True):
+            if duration is not None:
+                self.finished.append(FinishedJob(str(job), status, duration))
 
 
 # --- steps used by several operations

@@ -509,6 +509,40 @@ async def test_complete_claims_popped_refs_first_then_unblocked_children(
     assert [t.node_id for t in out.claimed] == ["y"], "never more than `want`"
 
 
+async def test_one_report_finishes_several_jobs_each_with_its_own_status(store: Store) -> None:
+    """The transaction path (a report that also claims popped refs) finishes every job its
+    successes leave done, in one step, each with the status its own nodes decide."""
+    plain = await store.submit_job(spec(NodeSpec("a", "true"), name="plain"))
+    failing = await store.submit_job(
+        spec(NodeSpec("f", "false"), NodeSpec("s", "true"), name="failing")
+    )
+    cancelled = await store.submit_job(spec(NodeSpec("c", "true"), name="cancelled"))
+    popped = await store.submit_job(spec(NodeSpec("p", "true"), name="popped"))
+    tasks = await store.claim("w", [*plain.queued, *failing.queued, *cancelled.queued], 30)
+    by_node = {t.node_id: t.ref for t in tasks}
+    await store.complete("w", [result(by_node["f"], Outcome.EXIT_CODE, 1)])
+    await store.cancel_job(cancelled.job_id)
+    out = await store.complete(
+        "w",
+        [result(by_node[n]) for n in ("a", "s", "c")],
+        want=1,
+        claim=popped.queued,
+        lease_seconds=30,
+    )
+    assert [t.node_id for t in out.claimed] == ["p"], "the transaction path ran"
+    finished = {f.job_id: f for f in out.finished_jobs}
+    assert {k: f.status for k, f in finished.items()} == {
+        plain.job_id: JobStatus.SUCCEEDED,
+        failing.job_id: JobStatus.FAILED,
+        cancelled.job_id: JobStatus.CANCELLED,
+    }
+    assert all(f.duration_seconds >= 0 for f in finished.values())
+    for job_id, f in finished.items():
+        job = await store.get_job(job_id, include_nodes=False)
+        assert job.status is f.status and job.finished_at is not None
+    assert (await store.get_job(popped.job_id)).status is JobStatus.RUNNING
+
+
 # --- cases added with the second backend
 
 

@@ -443,6 +443,14 @@ class _PgTx(Tx):
         row = await self._one("finish_job", {"job": job, "status": status.value})
         return row["duration"] if row is not None else None
 
+    async def finish_jobs(self, jobs: list[tuple[JobKey, JobStatus]]) -> list[float | None]:
+        if len(jobs) == 1:
+            return [await self.finish_job(*jobs[0])]
+        ids = [job if isinstance(job, uuid.UUID) else uuid.UUID(str(job)) for job, _ in jobs]
+        params = {"jobs": ids, "statuses": [status.value for _, status in jobs]}
+        done = {r["id"]: r["duration"] for r in await self._all("finish_jobs", params)}
+        return [done.get(job) for job in ids]
+
     # --- idempotency keys
     async def keyed_node(self, node: int) -> str | None:
         row = await self._one("keyed_node", {"id": node})
