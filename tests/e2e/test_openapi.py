@@ -4,6 +4,7 @@ outside the document."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -50,16 +51,22 @@ def _routes(app: Any) -> dict[str, set[str]]:
 
 
 def _app(auth: bool) -> Any:
+    """The app, built inside an event loop as the api builds it: grpc's aio channel takes the
+    running loop (outside one it needs a current loop, which an earlier test may have unset)."""
     _, entry = token("x", "read")
-    deps = ApiDeps(
-        scheduler=SchedulerClient("127.0.0.1:1", metrics=Metrics().grpc),
-        limits=Settings().limits,
-        max_body_bytes=1024,
-        metrics=Metrics(),
-        health=Health(),
-        tokens=TokenSet.load(entry, None) if auth else None,
-    )
-    return create_app(deps)
+
+    async def build() -> Any:
+        deps = ApiDeps(
+            scheduler=SchedulerClient("127.0.0.1:1", metrics=Metrics().grpc),
+            limits=Settings().limits,
+            max_body_bytes=1024,
+            metrics=Metrics(),
+            health=Health(),
+            tokens=TokenSet.load(entry, None) if auth else None,
+        )
+        return create_app(deps)
+
+    return asyncio.run(build())
 
 
 @pytest.mark.parametrize("auth", [True, False])
