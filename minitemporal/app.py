@@ -24,7 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from minitemporal.api.app import SCOPES, ApiDeps, create_app, open_routes
 from minitemporal.api.auth import AuthMiddleware, TokenSet
 from minitemporal.api.events import EventStreams
-from minitemporal.api.guard import HeaderDeadlineProtocol
+from minitemporal.api.guard import GuardedHttpProtocol
 from minitemporal.config import Settings, unknown_variables
 from minitemporal.errors import ConfigurationError, Unavailable
 from minitemporal.failpoints import Failpoints
@@ -405,7 +405,9 @@ class Runtime:
             log_config=None,
             access_log=False,
             server_header=False,
-            http=HeaderDeadlineProtocol.with_timeout(s.http_header_timeout_seconds),
+            http=GuardedHttpProtocol.with_limits(
+                s.http_header_timeout_seconds, s.http_max_header_bytes
+            ),
             limit_concurrency=s.http_max_connections,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=10,

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
         le=3600,
         description="A client must send a request's headers within this (slow clients are cut).",
     )
+    http_max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line and headers of a request (431 above).",
+    )
     http_body_timeout_seconds: float = Field(
         30.0, gt=0, le=3600, description="A client must send a request's body within this (408)."
     )

@@ -205,6 +205,28 @@ def test_a_trickling_client_is_cut_and_holds_up_nobody(api: Api) -> None:
     idle.close()
 
 
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_oversized_headers_get_431_and_the_connection_is_closed(api: Api) -> None:
+    with socket.create_connection(_address(api), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(48):  # 48 KiB of headers, never complete: more after the answer too
+            s.sendall(b"X-Big: " + b"a" * 1015 + b"\r\n")
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    # Headers within the bound are served, on a kept-alive connection too.
+    with socket.create_connection(_address(api), timeout=10) as s:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
+        s.sendall(request + request.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        answer = _read_all(s)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:200]
+
+
 def test_a_stalled_body_gets_408(api: Api) -> None:
     before = stored(api)
     with socket.create_connection(_address(api), timeout=10) as s:
