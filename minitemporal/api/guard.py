@@ -1,8 +1,8 @@
 """Bounds on a request's headers for uvicorn: a client must finish them within a time limit
 and a size limit, or its connection is closed.
 
-The api parses HTTP with httptools (uvicorn's C parser: under the submission workload it cost
-the api 15-20% less CPU per request than the pure-Python h11). uvicorn bounds the idle time
+The api parses HTTP with httptools (uvicorn's C parser: 80 against 147 us of the api's CPU per
+keep-alive request with the pure-Python h11, in a probe). uvicorn bounds the idle time
 between requests (`timeout_keep_alive`) but, with httptools, neither the time a client takes
 to send its headers (a client that trickles a header byte every few seconds, slowloris, would
 hold its connection forever) nor their size (httptools gathers a header however long it is).
