@@ -34,6 +34,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_deadline: asyncio.TimerHandle | None = None
         self._in_headers = True  # the next bytes belong to a request's line or headers
         self._header_bytes = 0
+        self._header_size = 0
         self._refused = False
 
     @classmethod
@@ -62,13 +63,39 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         ):
             self._too_large()
 
+    # httptools' callbacks. The bytes counted above bound what a request whose headers never
+    # end can make us hold; these count the headers themselves, which may arrive complete in
+    # one read of up to 256 KiB.
+    def on_message_begin(self) -> None:
+        self._header_size = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._header_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._header_bytes = 0
         self._disarm()  # headers complete: the app's own deadlines take over
+        if self._refused:
+            return  # a request pipelined behind a refused one: never served
+        if self._header_size > self.max_header_bytes:
+            self._too_large()
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._in_headers = True
 

@@ -219,6 +219,22 @@ def test_oversized_headers_get_431_and_the_connection_is_closed(api: Api) -> Non
             s.sendall(b"X-Big: " + b"a" * 1015 + b"\r\n")
         answer = _read_all(s)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    # Complete but too large, in one write (one read on the server), with a body and a
+    # second request pipelined behind: one 431, nothing served.
+    with socket.create_connection(_address(api), timeout=10) as s:
+        big = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        big += b"X-Big: " + b"a" * 20_000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+        s.sendall(big + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _read_all(s)
+    assert answer.startswith(b"HTTP/1.1 431 ") and answer.count(b"HTTP/1.1") == 1, answer[:200]
+    # A body, however large, is not a header: small headers and 100 KB of body in one write.
+    with socket.create_connection(_address(api), timeout=10) as s:
+        body = b'{"job": {"name": "' + b"n" * 100_000 + b'", "nodes": []}}'
+        head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        s.sendall(head + body)
+        answer = _read_all(s)
+    assert answer.startswith((b"HTTP/1.1 413 ", b"HTTP/1.1 422 ")), answer[:80]
     # Headers within the bound are served, on a kept-alive connection too.
     with socket.create_connection(_address(api), timeout=10) as s:
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n"
