@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dag-repeats", type=int, help="(c) runs of each DAG [default: 3; --full 10]")
     g.add_argument("--clients", type=int, help="(d) concurrent client processes [default: 8]")
     g.add_argument(
+        "--rounds",
+        type=int,
+        help="run each workload this many times, the two systems taking turns to go first, "
+        "and report the median of each figure and the range of the per-round ratios "
+        "[default: 1; --full 3]",
+    )
+    g.add_argument(
         "--submit-seconds", type=float, help="(d) seconds of submissions [default: 5; --full 15]"
     )
     g = p.add_argument_group("output")
@@ -188,6 +195,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         "dag_repeats": args.dag_repeats,
         "submit_clients": args.clients,
         "submit_seconds": args.submit_seconds,
+        "rounds": args.rounds,
     }
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -206,7 +214,13 @@ def describe_plan(plan: Plan, chosen: list[str]) -> str:
         )
     if "submit" in chosen:
         parts.append(f"(d) {plan.submit_clients} clients for {plan.submit_seconds:g} s")
-    return "; ".join(parts)
+    text = "; ".join(parts)
+    if plan.rounds > 1:
+        text += (
+            f"; each {plan.rounds} times, the systems taking turns to go first "
+            "(medians of the rounds)"
+        )
+    return text
 
 
 def say(message: str) -> None:
@@ -219,6 +233,8 @@ class Suite:
         self.plan = make_plan(args)
         self.figures: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
+        self._rounds: dict[tuple[str, str], list[dict[str, Any] | None]] = {}
+        self._round = 0
 
     def measure(
         self,
@@ -228,66 +244,84 @@ class Suite:
         compute: Callable[[Any], dict[str, Any]],
     ) -> None:
         name = target.name
+        rounds = self._rounds.setdefault((name, key), [])
+        rounds.append(None)  # until it succeeds: a failed round keeps its place
+        error_key = f"{name}/{key}" + (f"#{self._round + 1}" if self.plan.rounds > 1 else "")
         t0 = time.monotonic()
         try:
             figures = compute(run())
         except (WorkloadError, ValueError, OSError) as exc:
-            self.errors[f"{name}/{key}"] = str(exc)
+            self.errors[error_key] = str(exc)
             say(f"  {name:12s} {key}: FAILED: {str(exc).splitlines()[0]}")
             return
         except Exception as exc:  # report, keep going with the other workloads
-            self.errors[f"{name}/{key}"] = traceback.format_exc()
+            self.errors[error_key] = traceback.format_exc()
             say(f"  {name:12s} {key}: FAILED: {exc!r}")
             return
-        self.figures.setdefault(name, {})[key] = figures
+        rounds[-1] = figures
+        merged = workloads.merge_rounds(rounds)
+        if merged is not None:
+            self.figures.setdefault(name, {})[key] = merged
         say(f"  {name:12s} {key}: done in {time.monotonic() - t0:.1f}s")
 
     def run_workloads(self, targets: list[Any]) -> None:
+        """Workload by workload; with several rounds, the rounds of one workload run back
+        to back (close in time, so the machine's drift touches both systems alike), and the
+        systems take turns to go first."""
+        rounds = self.plan.rounds
+        for workload in self.args.workloads:
+            for index in range(rounds):
+                self._round = index
+                say(
+                    f"workload {workload}"
+                    + (f", round {index + 1} of {rounds}" if rounds > 1 else "")
+                )
+                self._run_workload(workload, targets if index % 2 == 0 else targets[::-1])
+
+    def _run_workload(self, workload: str, targets: list[Any]) -> None:
         plan, slots = self.plan, self.args.slots
         per_job = max(1, plan.burst_nodes // plan.burst_jobs)
-        for workload in self.args.workloads:
-            say(f"workload {workload}")
-            for t in targets:
-                if workload == "latency":
-                    self.measure(
-                        t,
-                        "latency",
-                        lambda t=t: t.latency(plan.latency_rate, plan.latency_seconds),
-                        workloads.latency_figures,
-                    )
-                elif workload == "throughput":
-                    self.measure(
-                        t,
-                        "throughput_one_job",
-                        lambda t=t: t.burst(1, plan.burst_nodes),
-                        workloads.burst_figures,
-                    )
-                    self.measure(
-                        t,
-                        "throughput_many_jobs",
-                        lambda t=t: t.burst(plan.burst_jobs, per_job),
-                        workloads.burst_figures,
-                    )
-                elif workload == "dag":
-                    self.measure(
-                        t,
-                        "dag_chain",
-                        lambda t=t: [t.chain(plan.chain_length) for _ in range(plan.dag_repeats)],
-                        workloads.chain_figures,
-                    )
-                    self.measure(
-                        t,
-                        "dag_fan",
-                        lambda t=t: [t.fan(plan.fan_width) for _ in range(plan.dag_repeats)],
-                        lambda fans: workloads.fan_figures(fans, slots),
-                    )
-                elif workload == "submit":
-                    self.measure(
-                        t,
-                        "submit",
-                        lambda t=t: t.submission(plan.submit_clients, plan.submit_seconds),
-                        workloads.submit_figures,
-                    )
+        for t in targets:
+            if workload == "latency":
+                self.measure(
+                    t,
+                    "latency",
+                    lambda t=t: t.latency(plan.latency_rate, plan.latency_seconds),
+                    workloads.latency_figures,
+                )
+            elif workload == "throughput":
+                self.measure(
+                    t,
+                    "throughput_one_job",
+                    lambda t=t: t.burst(1, plan.burst_nodes),
+                    workloads.burst_figures,
+                )
+                self.measure(
+                    t,
+                    "throughput_many_jobs",
+                    lambda t=t: t.burst(plan.burst_jobs, per_job),
+                    workloads.burst_figures,
+                )
+            elif workload == "dag":
+                self.measure(
+                    t,
+                    "dag_chain",
+                    lambda t=t: [t.chain(plan.chain_length) for _ in range(plan.dag_repeats)],
+                    workloads.chain_figures,
+                )
+                self.measure(
+                    t,
+                    "dag_fan",
+                    lambda t=t: [t.fan(plan.fan_width) for _ in range(plan.dag_repeats)],
+                    lambda fans: workloads.fan_figures(fans, slots),
+                )
+            elif workload == "submit":
+                self.measure(
+                    t,
+                    "submit",
+                    lambda t=t: t.submission(plan.submit_clients, plan.submit_seconds),
+                    workloads.submit_figures,
+                )
 
 
 def command_line(argv: list[str]) -> str:
@@ -315,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--backend embedded runs only as one process: use --topology all")
     if args.slots < 1:
         parser.error("--slots must be at least 1")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.worker_processes < 1:
         parser.error("--worker-processes must be at least 1")
     if args.worker_processes > 1 and (args.topology != "split" or args.api_url):

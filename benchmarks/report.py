@@ -64,9 +64,31 @@ def rows(results: dict[str, Any], peer: str | None) -> list[dict[str, Any]]:
                 "minitemporal": a,
                 "peer": b,
                 "ratio": stats.ratio(a, b),
+                "round_ratios": round_ratios(ours, theirs, path),
             }
         )
     return out
+
+
+def round_ratios(
+    ours: dict[str, Any], theirs: dict[str, Any], path: tuple[str, ...]
+) -> list[float] | None:
+    """The ratio of each round in which both systems measured the figure (rounds of one
+    workload run back to back, so each pair saw the same machine), or None with one round."""
+    key, rest = path[0], path[1:]
+    mine, peers = ours.get(key, {}).get("rounds"), theirs.get(key, {}).get("rounds")
+    if not mine or not peers:
+        return None
+    out = []
+    for a, b in zip(mine, peers, strict=False):
+        r = stats.ratio(*(lookup(f, rest) if f is not None else None for f in (a, b)))
+        if r is not None:
+            out.append(r)
+    return out or None
+
+
+def _range(values: list[float] | None) -> str:
+    return "—" if not values else f"{min(values):.2f}-{max(values):.2f}x"
 
 
 def _num(value: float | None) -> str:
@@ -83,14 +105,21 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _has_rounds(table: list[dict[str, Any]]) -> bool:
+    return any(r.get("round_ratios") for r in table)
+
+
 def text_table(table: list[dict[str, Any]], peer: str | None) -> str:
+    rounds = _has_rounds(table)
     if peer:
-        head = ["figure", "unit", "minitemporal", peer, f"ratio mt/{peer}", "better"]
+        head = ["figure", "unit", "minitemporal", peer, f"ratio mt/{peer}"]
+        head += ["per round", "better"] if rounds else ["better"]
     else:
         head = ["figure", "unit", "minitemporal", "better"]
     body = [
         [r["figure"], r["unit"], _num(r["minitemporal"])]
         + ([_num(r["peer"]), _ratio(r["ratio"])] if peer else [])
+        + ([_range(r.get("round_ratios"))] if peer and rounds else [])
         + [r["better"]]
         for r in table
     ]
@@ -123,7 +152,13 @@ def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | N
         f"- Sizes: {results['plan_description']}.",
         "",
     ]
-    if peer:
+    rounds = peer is not None and _has_rounds(table)
+    if peer and rounds:
+        lines += [
+            f"| figure | unit | minitemporal | {peer} | ratio mt/{peer} | per round | better |",
+            "|---|---|--:|--:|--:|--:|---|",
+        ]
+    elif peer:
         lines += [
             f"| figure | unit | minitemporal | {peer} | ratio mt/{peer} | better |",
             "|---|---|--:|--:|--:|---|",
@@ -134,6 +169,8 @@ def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | N
         cells = [r["figure"], r["unit"], _num(r["minitemporal"])]
         if peer:
             cells += [_num(r["peer"]), _ratio(r["ratio"])]
+        if rounds:
+            cells.append(_range(r.get("round_ratios")))
         lines.append("| " + " | ".join([*cells, r["better"]]) + " |")
     if results.get("errors"):
         lines.append("")

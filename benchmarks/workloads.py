@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from benchmarks import stats
 from benchmarks.load import ClosedLoop
@@ -66,6 +66,7 @@ class Plan:
     dag_repeats: int
     submit_clients: int
     submit_seconds: float
+    rounds: int = 1  # each workload this many times, the systems taking turns to go first
 
     @classmethod
     def small(cls) -> Plan:
@@ -73,7 +74,7 @@ class Plan:
 
     @classmethod
     def full(cls) -> Plan:
-        return cls(20, 60, 5000, 100, 50, 100, 10, 8, 15)
+        return cls(20, 60, 5000, 100, 50, 100, 10, 8, 15, rounds=3)
 
 
 # --- figures: each is (key, label, unit, better) -> value
@@ -162,6 +163,33 @@ def submit_figures(run: ClosedLoop) -> dict[str, Any]:
         "call_ms": _pct(run.call_seconds) if run.call_seconds else None,
         "errors": run.errors[:5],
     }
+
+
+def merge_rounds(rounds: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The figures of one workload over several rounds as one set: the median of every
+    number, lists joined, anything else from the first round; each round's own figures (None
+    for a round that failed) under `rounds`. One round is returned as it is."""
+    done = [r for r in rounds if r is not None]
+    if not done:
+        return None
+    if len(rounds) == 1:
+        return done[0]
+    merged = _median_of(done)
+    merged["rounds"] = rounds
+    return cast(dict[str, Any], merged)
+
+
+def _median_of(values: list[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, dict):
+        return {
+            k: _median_of([v[k] for v in values if isinstance(v, dict) and k in v]) for k in first
+        }
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return stats.median([float(v) for v in values])
+    if all(isinstance(v, list) for v in values):
+        return [x for v in values for x in v]
+    return first
 
 
 # --- the rows of the comparison table: (figure, path into the figures dict)

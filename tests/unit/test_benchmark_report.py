@@ -106,3 +106,91 @@ def test_worker_processes_are_refused_where_they_cannot_apply(
     with pytest.raises(SystemExit) as exc:
         main(args)
     assert exc.value.code == 2 and "--worker-processes" in capsys.readouterr().err
+
+
+def test_rounds_merge_to_medians_and_keep_each_round() -> None:
+    from benchmarks.workloads import merge_rounds
+
+    one = {"latency": 1}
+    assert merge_rounds([one]) is one, "one round is reported as it is"
+    rounds = [
+        {"p": {"p50": 1.0, "count": 10}, "each": [1.0], "name": "a", "none": None},
+        None,  # a failed round keeps its place
+        {"p": {"p50": 5.0, "count": 10}, "each": [2.0], "name": "b", "none": None},
+        {"p": {"p50": 2.0, "count": 12}, "each": [3.0], "name": "c", "none": None},
+    ]
+    merged = merge_rounds(rounds)
+    assert merged is not None
+    assert merged["p"] == {"p50": 2.0, "count": 10.0}
+    assert merged["each"] == [1.0, 2.0, 3.0] and merged["name"] == "a"
+    assert merged["none"] is None and merged["rounds"] == rounds
+    assert merge_rounds([None, None]) is None
+
+
+def test_rows_give_each_rounds_ratio() -> None:
+    def fig(*values: float | None) -> dict[str, object]:
+        rounds = [None if v is None else {"overhead_per_edge_ms": v} for v in values]
+        return {"overhead_per_edge_ms": 0.0, "rounds": rounds}
+
+    results = {
+        "figures": {
+            "minitemporal": {"dag_chain": fig(2.0, 3.0, None)},
+            "celery": {"dag_chain": fig(1.0, 4.0, 5.0)},
+        }
+    }
+    [row] = report.rows(results, "celery")
+    assert row["round_ratios"] == [2.0, 0.75], "rounds where both measured, in order"
+    assert "0.75-2.00x" in report.text_table([row], "celery")
+    assert "| per round |" in report.markdown(
+        {
+            "date": "d",
+            "command": "c",
+            "machine": {
+                "cores": 2,
+                "cpu_model": "x",
+                "memory_gib": 1,
+                "kernel": "k",
+                "python": "3",
+                "load_average_at_start": None,
+            },
+            "systems": {"minitemporal": {"description": "m"}},
+            "plan_description": "p",
+        },
+        [row],
+        "celery",
+    )
+
+
+class _FakeTarget:
+    def __init__(self, name: str, rates: list[float], calls: list[str]) -> None:
+        self.name, self._rates, self._calls = name, rates, calls
+
+    def submission(self, clients: int, duration: float) -> object:
+        from benchmarks.load import ClosedLoop
+
+        self._calls.append(self.name)
+        rate = self._rates.pop(0)
+        if rate < 0:
+            raise ValueError("this round failed")
+        return ClosedLoop(int(rate * duration), 0, duration, [0.001], [], [])
+
+
+def test_rounds_take_turns_and_report_medians() -> None:
+    from benchmarks.cli import Suite
+
+    args = build_parser().parse_args(["--workloads", "submit", "--rounds", "4"])
+    suite = Suite(args)
+    calls: list[str] = []
+    ours = _FakeTarget("minitemporal", [100, 300, -1, 200], calls)
+    peer = _FakeTarget("celery", [400, 400, 400, 100], calls)
+    suite.run_workloads([ours, peer])
+    assert calls == ["minitemporal", "celery", "celery", "minitemporal"] * 2
+    assert suite.figures["minitemporal"]["submit"]["accepted_per_second"] == 200
+    assert suite.figures["celery"]["submit"]["accepted_per_second"] == 400
+    assert list(suite.errors) == ["minitemporal/submit#3"]
+    [row] = [
+        r for r in report.rows({"figures": suite.figures}, "celery") if "accepted" in r["figure"]
+    ]
+    assert row["round_ratios"] == [0.25, 0.75, 2.0]
+    with pytest.raises(SystemExit):
+        main(["--rounds", "0"])
