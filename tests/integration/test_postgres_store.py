@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -185,5 +186,37 @@ async def test_a_batch_that_fails_stores_its_jobs_one_by_one(
             assert isinstance(r, SubmitResult) and r.created
             assert (await store.get_job(r.job_id)).name == name
         assert "storing each alone" in caplog.text
+    finally:
+        await store.close()
+
+
+async def test_a_read_is_one_read_only_snapshot_and_leaves_its_connection_as_it_was(
+    database_url: str,
+) -> None:
+    """A read's statements see one snapshot (REPEATABLE READ) and cannot write (READ ONLY);
+    the connection (one in this pool, so the same one every time) then writes as before, after
+    a read that failed too."""
+    store = PostgresStore(database_url, retry_policy=FAST, pool_size=1)
+    await store.open()
+
+    async def settings(conn: psycopg.AsyncConnection[Any]) -> tuple[str, str]:
+        iso = await (await conn.execute("SHOW transaction_isolation")).fetchone()
+        ro = await (await conn.execute("SHOW transaction_read_only")).fetchone()
+        assert iso is not None and ro is not None
+        return next(iter(iso.values())), next(iter(ro.values()))
+
+    async def in_read(tx: Any) -> tuple[str, str]:
+        return await settings(tx._conn)
+
+    async def failing_read(tx: Any) -> None:
+        raise LookupError("a read that fails")
+
+    try:
+        assert await store._read(in_read) == ("repeatable read", "on")
+        with pytest.raises(LookupError):
+            await store._read(failing_read)
+        assert await store._tx(settings) == ("read committed", "off"), "a write transaction"
+        res = await store.submit_job(JobSpec("after reads", (NodeSpec("a", "true"),)))
+        assert (await store.get_job(res.job_id)).name == "after reads"
     finally:
         await store.close()
