@@ -190,9 +190,7 @@ class SchedulerClient:
         return await self._submits(submission)
 
     async def _submit_one(self, s: Submission) -> tuple[JobView, bool]:
-        reply = await self._call(
-            "SubmitJob", convert.job_spec_to_pb(s.spec, s.idempotency_key, s.request_digest)
-        )
+        reply = await self._call("SubmitJob", convert.submission_to_pb(s))
         return convert.job_from_pb(reply.job), reply.created
 
     async def _submit_each(self, batch: list[Submission]) -> list[Answer | BaseException]:
@@ -208,11 +206,7 @@ class SchedulerClient:
         if the scheduler predates SubmitJobs)."""
         if len(batch) == 1 or not self._batch_calls:
             return await self._submit_each(batch)
-        request = pb.SubmitJobsRequest(
-            jobs=[
-                convert.job_spec_to_pb(s.spec, s.idempotency_key, s.request_digest) for s in batch
-            ]
-        )
+        request = pb.SubmitJobsRequest(jobs=[convert.submission_to_pb(s) for s in batch])
         try:
             reply = await self._call("SubmitJobs", request, raw=(grpc.StatusCode.UNIMPLEMENTED,))
         except grpc.aio.AioRpcError:

@@ -20,6 +20,7 @@ from minitemporal.domain.model import (
     Outcome,
     Output,
     RetryPolicy,
+    Submission,
     TaskRef,
     TaskResult,
 )
@@ -104,6 +105,18 @@ def job_spec_to_pb(
 
 def job_spec_from_pb(m: pb.SubmitJobRequest) -> JobSpec:
     return JobSpec(name=m.name, nodes=tuple(node_spec_from_pb(n) for n in m.nodes))
+
+
+def submission_to_pb(s: Submission) -> pb.SubmitJobRequest:
+    return job_spec_to_pb(s.spec, s.idempotency_key, s.request_digest)
+
+
+def submission_from_pb(m: pb.SubmitJobRequest) -> Submission:
+    return Submission(
+        job_spec_from_pb(m),
+        m.idempotency_key if m.HasField("idempotency_key") else None,
+        m.request_digest if m.HasField("request_digest") else None,
+    )
 
 
 # --- views

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from minitemporal.domain.model import ClaimedTask, Submission
+from minitemporal.domain.model import ClaimedTask
 from minitemporal.errors import InvalidInput, MinitemporalError, Problem, encode_for_grpc
 from minitemporal.groupcommit import BATCH_JOBS
 from minitemporal.observability.metrics import GrpcMetrics
@@ -61,15 +61,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
         async def body() -> pb.SubmitJobResponse:
-            spec = convert.job_spec_from_pb(request)
+            s = convert.submission_from_pb(request)
             job, created = await self._s.submit_job(
-                spec,
-                idempotency_key=request.idempotency_key
-                if request.HasField("idempotency_key")
-                else None,
-                request_digest=request.request_digest
-                if request.HasField("request_digest")
-                else None,
+                s.spec, idempotency_key=s.idempotency_key, request_digest=s.request_digest
             )
             return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
 
@@ -84,14 +78,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     "too many jobs in one call",
                     [Problem("/jobs", f"at most {MAX_SUBMIT_BATCH} per call")],
                 )
-            submissions = [
-                Submission(
-                    convert.job_spec_from_pb(job),
-                    job.idempotency_key if job.HasField("idempotency_key") else None,
-                    job.request_digest if job.HasField("request_digest") else None,
-                )
-                for job in request.jobs
-            ]
+            submissions = [convert.submission_from_pb(job) for job in request.jobs]
             reply = pb.SubmitJobsResponse()
             for answer in await self._s.submit_jobs(submissions):
                 result = reply.results.add()

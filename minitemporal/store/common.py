@@ -54,13 +54,7 @@ from minitemporal.domain.states import (
     after_attempt,
     job_status_when_done,
 )
-from minitemporal.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-    Problem,
-    Unavailable,
-)
+from minitemporal.errors import Conflict, InvalidInput, NotFound, Problem, Unavailable
 from minitemporal.store.base import Store
 
 log = logging.getLogger("minitemporal.store")

@@ -446,10 +446,9 @@ class _PgTx(Tx):
     async def finish_jobs(self, jobs: list[tuple[JobKey, JobStatus]]) -> list[float | None]:
         if len(jobs) == 1:
             return [await self.finish_job(*jobs[0])]
-        ids = [job if isinstance(job, uuid.UUID) else uuid.UUID(str(job)) for job, _ in jobs]
-        params = {"jobs": ids, "statuses": [status.value for _, status in jobs]}
+        params = {"jobs": [job for job, _ in jobs], "statuses": [st.value for _, st in jobs]}
         done = {r["id"]: r["duration"] for r in await self._all("finish_jobs", params)}
-        return [done.get(job) for job in ids]
+        return [done.get(job) for job, _ in jobs]  # job keys are the uuids PostgreSQL returned
 
     # --- idempotency keys
     async def keyed_node(self, node: int) -> str | None:
