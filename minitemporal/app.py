@@ -153,6 +153,7 @@ class Runtime:
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.http: EmbeddedUvicorn | None = None
+        self.http_done = anyio.Event()  # the HTTP server has stopped (or never started)
         self.events: EventStreams | None = None
         self.service: SchedulerService | None = None
         self.tokens = TokenSet(())
@@ -233,12 +234,15 @@ class Runtime:
                 await self.stopping.wait()
                 log.info("stopping")
                 await worker_done.wait()
-                if self.client is not None:  # only a worker's client has a session
-                    await self.client.end_session()
                 if self.events is not None:
                     self.events.close()  # uvicorn would wait for open streams
                 if self.http is not None:
+                    # Requests in flight finish (uvicorn's own graceful stop bounds it) while
+                    # the scheduler, our own or another, still answers them.
                     self.http.should_exit = True
+                    await self.http_done.wait()
+                if self.client is not None:
+                    await self.client.end_session()
                 if self.grpc_server is not None:
                     await set_serving(grpc_health, False)
                     if self.service is not None:
@@ -414,7 +418,10 @@ class Runtime:
         )
         self.http = EmbeddedUvicorn(config)
         log.info("%s listening", what, extra={"http": f"{host}:{port}"})
-        await self.http.serve()
+        try:
+            await self.http.serve()
+        finally:
+            self.http_done.set()
         if not self.http.started and not self.stopping.is_set():
             log.error("could not listen on %s:%s", host, port)
             self.stopping.set()
