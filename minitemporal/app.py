@@ -208,7 +208,9 @@ class Runtime:
                     credentials=grpc_channel_credentials,
                     server_name=s.grpc_tls_server_name,
                     wait_for_ready="worker" in self.roles and "api" not in self.roles,
-                    session="worker" in self.roles,  # the worker's task calls share a stream
+                    # A worker's task calls share a stream, and so do an api's submissions.
+                    tasks="worker" in self.roles,
+                    submissions="api" in self.roles,
                 )
                 stack.push_async_callback(self.client.close)
                 self.health.add("scheduler", self.client.check_health)

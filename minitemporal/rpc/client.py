@@ -35,8 +35,14 @@ from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
 from minitemporal.rpc.server import AUTH_KEY, MAX_MESSAGE_BYTES, MAX_SUBMIT_BATCH, SERVICE_NAME
-from minitemporal.rpc.session import FIELDS as SESSION_METHODS
-from minitemporal.rpc.session import Session, StreamBroken, decode_session_error
+from minitemporal.rpc.session import (
+    SUBMIT_METHODS,
+    TASK_METHODS,
+    UNKNOWN_CALL,
+    Session,
+    StreamBroken,
+    decode_session_error,
+)
 
 log = logging.getLogger("minitemporal.rpc")
 Answer = tuple[JobView, bool]  # a submission's job, and whether this call created it
@@ -56,10 +62,12 @@ class SchedulerClient:
         server_name: str | None = None,
         timeout: float = 10.0,
         wait_for_ready: bool = False,
-        session: bool = False,
+        tasks: bool = False,
+        submissions: bool = False,
     ) -> None:
-        """`session`: send the task calls (claim, heartbeat, complete, release) as messages of
-        one long-lived stream, as a worker does; the api's calls stay unary."""
+        """`tasks`: send the task calls (claim, heartbeat, complete, release, offers) as
+        messages of one long-lived stream, as a worker does; `submissions`: send SubmitJob and
+        SubmitJobs on it too, as an api does. Other calls stay unary."""
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -85,12 +93,14 @@ class SchedulerClient:
         self.address = address
         self.refused: str | None = None  # why the scheduler refused our last call, if it did
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
-        self._session = (
-            Session(self._stub, self._metadata, wait=wait_for_ready) if session else None
+        self._on_session = (TASK_METHODS if tasks else frozenset()) | (
+            SUBMIT_METHODS if submissions else frozenset()
         )
+        self._session = Session(self._stub, self._metadata, wait=wait_for_ready)
         # Submissions made while SUBMIT_CALLS calls are out wait and go together in one
         # SubmitJobs call, which the scheduler stores in one transaction; a lone one goes at
-        # once as a SubmitJob. More calls out spread a busy api over several schedulers.
+        # once as a SubmitJob. (Unary, more calls out spread a busy api over several
+        # schedulers; on a session, they all go to the scheduler its stream opened on.)
         self._submits: GroupCommit[Submission, Answer] = GroupCommit(
             self._submit_batch,
             concurrency=SUBMIT_CALLS,
@@ -101,10 +111,9 @@ class SchedulerClient:
         self._batch_calls = True  # False once a scheduler answers that it has no SubmitJobs
 
     async def end_session(self) -> None:
-        """End the worker's stream once the worker stopped: a scheduler that is stopping
-        would otherwise wait out its grace period for it."""
-        if self._session is not None:
-            await self._session.close()
+        """End the stream once its calls are over: a scheduler that is stopping would
+        otherwise wait out its grace period for it. The next call opens it again."""
+        await self._session.close()
 
     async def close(self) -> None:
         await self.end_session()
@@ -122,7 +131,7 @@ class SchedulerClient:
         start = time.perf_counter()
         code = "OK"
         try:
-            if self._session is not None and method in SESSION_METHODS:
+            if method in self._on_session:
                 reply = await self._session.call(method, request, timeout or self._timeout)
             else:
                 reply = await getattr(self._stub, method)(
@@ -148,10 +157,16 @@ class SchedulerClient:
             code = exc.grpc_code.name
             if exc.grpc_code in _REFUSED_CODES:
                 raise self._refusal(exc.detail) from None
-            raise
+            if not (method in SUBMIT_METHODS and exc.detail == UNKNOWN_CALL):
+                raise
+            reply = None  # a scheduler older than submissions on a session: nothing was done
         finally:
             self._metrics.client_calls.labels(method, code).inc()
             self._metrics.client_seconds.labels(method).observe(time.perf_counter() - start)
+        if reply is None:
+            log.warning("the scheduler at %s takes no submissions on a session", self.address)
+            self._on_session -= SUBMIT_METHODS
+            return await self._call(method, request, timeout, raw=raw)
         self.refused = None
         return reply
 
@@ -319,7 +334,7 @@ class SchedulerClient:
     @property
     def can_offer(self) -> bool:
         """Offers of slots need a session: they live as long as its stream."""
-        return self._session is not None
+        return "OfferSlots" in self._on_session
 
     async def offer(self, worker_id: str, slots: int, wait_seconds: float) -> list[ClaimedTask]:
         """Offer idle slots until a submission claims work for them (returned), the offer is

@@ -21,6 +21,7 @@ from minitemporal.observability.metrics import GrpcMetrics
 from minitemporal.rpc import convert
 from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
+from minitemporal.rpc.session import UNKNOWN_CALL
 from minitemporal.scheduler.service import SchedulerService
 
 log = logging.getLogger("minitemporal.rpc")
@@ -38,6 +39,7 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     def __init__(self, service: SchedulerService, metrics: GrpcMetrics) -> None:
         self._s = service
         self._m = metrics
+        self._calls = self._session_calls()
 
     async def _run(
         self, method: str, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[Resp]]
@@ -59,41 +61,42 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             self._m.server_calls.labels(method, code.name).inc()
             self._m.server_seconds.labels(method).observe(time.perf_counter() - start)
 
-    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
-        async def body() -> pb.SubmitJobResponse:
-            s = convert.submission_from_pb(request)
-            job, created = await self._s.submit_job(
-                s.spec, idempotency_key=s.idempotency_key, request_digest=s.request_digest
-            )
-            return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
+    # --- submissions: unary, or as messages of an api's session (same bodies)
+    async def _submit(self, request: pb.SubmitJobRequest) -> pb.SubmitJobResponse:
+        s = convert.submission_from_pb(request)
+        job, created = await self._s.submit_job(
+            s.spec, idempotency_key=s.idempotency_key, request_digest=s.request_digest
+        )
+        return pb.SubmitJobResponse(job=convert.job_to_pb(job), created=created)
 
-        return await self._run("SubmitJob", context, body)
+    async def _submit_jobs(self, request: pb.SubmitJobsRequest) -> pb.SubmitJobsResponse:
+        if len(request.jobs) > MAX_SUBMIT_BATCH:
+            raise InvalidInput(
+                "too many jobs in one call",
+                [Problem("/jobs", f"at most {MAX_SUBMIT_BATCH} per call")],
+            )
+        submissions = [convert.submission_from_pb(job) for job in request.jobs]
+        reply = pb.SubmitJobsResponse()
+        for answer in await self._s.submit_jobs(submissions):
+            result = reply.results.add()
+            if isinstance(answer, MinitemporalError):
+                result.error.CopyFrom(_session_error(answer))
+            elif isinstance(answer, Exception):
+                log.error("a submission of SubmitJobs failed", exc_info=answer)
+                result.error.CopyFrom(pb.SessionError(code="INTERNAL", detail="internal error"))
+            else:
+                job, created = answer
+                result.submitted.job.CopyFrom(convert.job_to_pb(job))
+                result.submitted.created = created
+        return reply
+
+    async def SubmitJob(self, request: pb.SubmitJobRequest, context: Any) -> pb.SubmitJobResponse:
+        return await self._run("SubmitJob", context, lambda: self._submit(request))
 
     async def SubmitJobs(
         self, request: pb.SubmitJobsRequest, context: Any
     ) -> pb.SubmitJobsResponse:
-        async def body() -> pb.SubmitJobsResponse:
-            if len(request.jobs) > MAX_SUBMIT_BATCH:
-                raise InvalidInput(
-                    "too many jobs in one call",
-                    [Problem("/jobs", f"at most {MAX_SUBMIT_BATCH} per call")],
-                )
-            submissions = [convert.submission_from_pb(job) for job in request.jobs]
-            reply = pb.SubmitJobsResponse()
-            for answer in await self._s.submit_jobs(submissions):
-                result = reply.results.add()
-                if isinstance(answer, MinitemporalError):
-                    result.error.CopyFrom(_session_error(answer))
-                elif isinstance(answer, Exception):
-                    log.error("a submission of SubmitJobs failed", exc_info=answer)
-                    result.error.CopyFrom(pb.SessionError(code="INTERNAL", detail="internal error"))
-                else:
-                    job, created = answer
-                    result.submitted.job.CopyFrom(convert.job_to_pb(job))
-                    result.submitted.created = created
-            return reply
-
-        return await self._run("SubmitJobs", context, body)
+        return await self._run("SubmitJobs", context, lambda: self._submit_jobs(request))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         async def body() -> pb.Job:
@@ -264,9 +267,9 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
     async def _session_reply(self, request: pb.SessionRequest) -> pb.SessionReply:
         field = request.WhichOneof("call")
         if field is None:
-            error = InvalidInput("empty session message")
+            error = InvalidInput(UNKNOWN_CALL)  # or a call this version does not know
             return pb.SessionReply(id=request.id, error=_session_error(error))
-        method, body = self._session_calls[field]
+        method, body = self._calls[field]
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -285,7 +288,6 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             self._m.server_calls.labels(method, code.name).inc()
             self._m.server_seconds.labels(method).observe(time.perf_counter() - start)
 
-    @property
     def _session_calls(self) -> dict[str, tuple[str, Callable[[Any], Awaitable[Any]]]]:
         return {
             "claim": ("ClaimTasks", self._claim),
@@ -294,6 +296,8 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
             "release": ("ReleaseTasks", self._release),
             # Only in a session: an offer (`stand_offer`) lives as long as its stream.
             "withdraw": ("WithdrawOffer", self._withdraw),
+            "submit": ("SubmitJob", self._submit),
+            "submit_jobs": ("SubmitJobs", self._submit_jobs),
         }
 
 

@@ -1,12 +1,14 @@
-"""The client half of a worker's session: the task calls as messages on one long-lived
-bidirectional stream, each answered by id.
+"""The client half of a session: a worker's task calls, or an api's submissions, as messages
+on one long-lived bidirectional stream, each answered by id.
 
 One exchange on an open stream costs half of what a unary call costs (CPU and latency,
-measured on our machines), and a worker makes one or two per task. The stream opens on first
-use and again after it breaks; a break fails the calls in flight as `Unavailable`, which the
-worker already handles (it retries reports, and a lost claim is given back by the next
-heartbeat). A call of the session that fails on the scheduler's side comes back in-band as a
-`SessionError`, decoded into the same domain error a unary call would raise.
+measured on our machines); a worker makes one or two per task, an api one per job (or per
+batch of jobs). The stream opens on first use and again after it breaks; a break fails the
+calls in flight as `Unavailable`, which a worker already handles (it retries reports, and a
+lost claim is given back by the next heartbeat) and an api answers with 503, as when a unary
+call breaks (a retry with the same Idempotency-Key cannot create the job twice). A call of
+the session that fails on the scheduler's side comes back in-band as a `SessionError`,
+decoded into the same domain error a unary call would raise.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ FIELDS = {
     # No unary method: an idle worker's offer of slots lives as long as its session.
     "OfferSlots": "offer",
     "WithdrawOffer": "withdraw",
+    # An api's submissions.
+    "SubmitJob": "submit",
+    "SubmitJobs": "submit_jobs",
 }
+TASK_METHODS = frozenset(
+    {"ClaimTasks", "Heartbeat", "CompleteTasks", "ReleaseTasks", "OfferSlots", "WithdrawOffer"}
+)
+SUBMIT_METHODS = frozenset({"SubmitJob", "SubmitJobs"})
+# What a scheduler answers to a message whose call it does not know (an older version).
+UNKNOWN_CALL = "empty session message"
 
 
 class StreamBroken(Exception):

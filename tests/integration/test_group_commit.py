@@ -18,6 +18,7 @@ from minitemporal.errors import Conflict, InvalidInput
 from minitemporal.observability.metrics import Metrics
 from minitemporal.queue.redis import RedisQueue
 from minitemporal.rpc.client import SchedulerClient
+from minitemporal.rpc.gen import scheduler_pb2 as pb
 from minitemporal.rpc.gen import scheduler_pb2_grpc as pb_grpc
 from minitemporal.rpc.server import SchedulerServicer, build_server
 from minitemporal.scheduler.service import SchedulerService
@@ -130,16 +131,44 @@ def calls(metrics: Metrics, method: str, code: str = "OK") -> float:
     return sample or 0.0
 
 
+class _SessionOnlyServicer(SchedulerServicer):
+    """Takes submissions only as messages of a session: a unary call would fail."""
+
+    async def SubmitJob(self, request: object, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "unary SubmitJob")
+
+    async def SubmitJobs(self, request: object, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "unary SubmitJobs")
+
+
+async def serve(servicer: SchedulerServicer, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    pb_grpc.add_SchedulerServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server
+
+
+@pytest.mark.parametrize("on_session", [False, True], ids=["unary", "session"])
 async def test_an_apis_concurrent_submissions_go_in_few_calls_each_with_its_answer(
-    service: SchedulerService, metrics: Metrics
+    service: SchedulerService, metrics: Metrics, on_session: bool
 ) -> None:
     server_metrics = Metrics()
     port = free_port()
-    server, _ = build_server(
-        service, server_metrics.grpc, HealthServicer(), secret="s", address=f"127.0.0.1:{port}"
+    if on_session:
+        server = await serve(_SessionOnlyServicer(service, server_metrics.grpc), port)
+    else:
+        server, _ = build_server(
+            service, server_metrics.grpc, HealthServicer(), secret="s", address=f"127.0.0.1:{port}"
+        )
+        await server.start()
+    client = SchedulerClient(
+        f"127.0.0.1:{port}",
+        metrics=Metrics().grpc,
+        secret="s",
+        timeout=10,
+        submissions=on_session,
     )
-    await server.start()
-    client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s", timeout=10)
     await service.store.submit_job(job(0), idempotency_key="taken", request_digest="d1")
     cycle = JobSpec("cycle", (NodeSpec("a", "true", depends_on=("a",)),))
     try:
@@ -183,10 +212,7 @@ async def test_an_older_scheduler_gets_one_call_per_submission(
 ) -> None:
     server_metrics = Metrics()
     port = free_port()
-    server = grpc.aio.server()
-    pb_grpc.add_SchedulerServicer_to_server(_OldServicer(service, server_metrics.grpc), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
+    server = await serve(_OldServicer(service, server_metrics.grpc), port)
     client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10)
     try:
         for _ in range(2):  # the second round goes one by one from the start
@@ -200,3 +226,37 @@ async def test_an_older_scheduler_gets_one_call_per_submission(
     assert caplog.text.count("has no SubmitJobs") == 1, "asked once, then remembered"
     assert calls(server_metrics, "SubmitJob") == 20
     assert len((await service.store.list_jobs(limit=50)).jobs) == 20
+
+
+class _NoSessionSubmitsServicer(_OldServicer):
+    """A scheduler from before submissions on a session: its SessionRequest has no such call,
+    so it parses one as a message without a call."""
+
+    async def _session_reply(self, request: pb.SessionRequest) -> pb.SessionReply:
+        if request.WhichOneof("call") in ("submit", "submit_jobs"):
+            request = pb.SessionRequest(id=request.id)
+        return await super()._session_reply(request)
+
+
+async def test_an_older_scheduler_gets_unary_calls_from_an_api_with_a_session(
+    service: SchedulerService, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_metrics = Metrics()
+    port = free_port()
+    server = await serve(_NoSessionSubmitsServicer(service, server_metrics.grpc), port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10, submissions=True
+    )
+    try:
+        view, created = await client.submit_job(job(0))
+        assert created and view.name == "j0"
+        answers = await asyncio.gather(
+            *(client.submit_job(job(i)) for i in range(1, 6)), return_exceptions=True
+        )
+        assert all(isinstance(a, tuple) and a[1] for a in answers), answers
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+    assert caplog.text.count("takes no submissions on a session") == 1, "once, then remembered"
+    assert calls(server_metrics, "SubmitJob") == 6, "every job by a unary call, none twice"
+    assert len((await service.store.list_jobs(limit=50)).jobs) == 6

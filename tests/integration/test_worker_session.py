@@ -50,7 +50,7 @@ async def client(service: SchedulerService) -> AsyncIterator[SchedulerClient]:
     port = free_port()
     server = await serve(service, port)
     client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", tasks=True, timeout=3
     )
     yield client
     await client.close()
@@ -69,7 +69,7 @@ async def test_session_calls_errors_and_reconnection(service: SchedulerService) 
     port = free_port()
     server = await serve(service, port)
     client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", session=True, timeout=3
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="s3cret", tasks=True, timeout=3
     )
     try:
         res = await service.store.submit_job(JobSpec("j", (NodeSpec("a", "echo a"),)))
@@ -107,7 +107,7 @@ async def test_a_wrong_secret_is_refused_on_the_session(service: SchedulerServic
     port = free_port()
     server = await serve(service, port)
     client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="wrong", session=True, timeout=3
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, secret="wrong", tasks=True, timeout=3
     )
     try:
         with pytest.raises(CredentialsRejected):

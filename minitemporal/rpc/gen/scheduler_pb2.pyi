@@ -387,7 +387,7 @@ class WithdrawOfferResponse(_message.Message):
     def __init__(self, withdrawn: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "offer", "withdraw")
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "offer", "withdraw", "submit", "submit_jobs")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -395,6 +395,8 @@ class SessionRequest(_message.Message):
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     WITHDRAW_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
     id: int
     claim: ClaimTasksRequest
     heartbeat: HeartbeatRequest
@@ -402,7 +404,9 @@ class SessionRequest(_message.Message):
     release: ReleaseTasksRequest
     offer: OfferRequest
     withdraw: WithdrawOfferRequest
-    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ..., offer: _Optional[_Union[OfferRequest, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferRequest, _Mapping]] = ...) -> None: ...
+    submit: SubmitJobRequest
+    submit_jobs: SubmitJobsRequest
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ..., offer: _Optional[_Union[OfferRequest, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferRequest, _Mapping]] = ..., submit: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., submit_jobs: _Optional[_Union[SubmitJobsRequest, _Mapping]] = ...) -> None: ...
 
 class SessionError(_message.Message):
     __slots__ = ("code", "detail", "error")
@@ -415,7 +419,7 @@ class SessionError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., error: _Optional[bytes] = ...) -> None: ...
 
 class SessionReply(_message.Message):
-    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "error", "offer", "withdraw")
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "error", "offer", "withdraw", "submit", "submit_jobs")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +428,8 @@ class SessionReply(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     WITHDRAW_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
     id: int
     claim: ClaimTasksResponse
     heartbeat: HeartbeatResponse
@@ -432,4 +438,6 @@ class SessionReply(_message.Message):
     error: SessionError
     offer: ClaimTasksResponse
     withdraw: WithdrawOfferResponse
-    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., offer: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferResponse, _Mapping]] = ...) -> None: ...
+    submit: SubmitJobResponse
+    submit_jobs: SubmitJobsResponse
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ..., offer: _Optional[_Union[ClaimTasksResponse, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferResponse, _Mapping]] = ..., submit: _Optional[_Union[SubmitJobResponse, _Mapping]] = ..., submit_jobs: _Optional[_Union[SubmitJobsResponse, _Mapping]] = ...) -> None: ...

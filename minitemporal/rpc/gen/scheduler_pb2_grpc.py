@@ -163,9 +163,10 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WorkerSession(self, request_iterator, context):
-        """A worker's long-lived session: the four task calls above as messages on one stream,
-        answered by id, in any order. Half the cost of a unary call per exchange (measured).
-        Only a session can also carry an idle worker's offer of free slots (OfferRequest).
+        """A long-lived session: the four task calls above (a worker's) or the two submission calls
+        (an api's) as messages on one stream, answered by id, in any order. Half the cost of a
+        unary call per exchange (measured). Only a session can also carry an idle worker's offer
+        of free slots (OfferRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
