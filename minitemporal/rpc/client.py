@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -97,6 +98,13 @@ class SchedulerClient:
             SUBMIT_METHODS if submissions else frozenset()
         )
         self._session = Session(self._stub, self._metadata, wait=wait_for_ready)
+        # Submissions have streams of their own, one per call that may be out: a worker's
+        # reports never queue behind them, and each stream opens on the next scheduler of
+        # several behind one address, as unary calls would spread.
+        self._submit_sessions = [
+            Session(self._stub, self._metadata, wait=wait_for_ready) for _ in range(SUBMIT_CALLS)
+        ]
+        self._next_submit = itertools.cycle(self._submit_sessions)
         # Submissions made while SUBMIT_CALLS calls are out wait and go together in one
         # SubmitJobs call, which the scheduler stores in one transaction; a lone one goes at
         # once as a SubmitJob. (Unary, more calls out spread a busy api over several
@@ -111,9 +119,10 @@ class SchedulerClient:
         self._batch_calls = True  # False once a scheduler answers that it has no SubmitJobs
 
     async def end_session(self) -> None:
-        """End the stream once its calls are over: a scheduler that is stopping would
-        otherwise wait out its grace period for it. The next call opens it again."""
-        await self._session.close()
+        """End the streams once their calls are over: a scheduler that is stopping would
+        otherwise wait out its grace period for them. The next call opens one again."""
+        for session in (self._session, *self._submit_sessions):
+            await session.close()
 
     async def close(self) -> None:
         await self.end_session()
@@ -126,13 +135,16 @@ class SchedulerClient:
         timeout: float | None = None,
         *,
         raw: tuple[grpc.StatusCode, ...] = (),
+        unary: bool = False,
     ) -> Any:
-        """`raw`: status codes raised as grpc's own error, not as a domain error."""
+        """`raw`: status codes raised as grpc's own error, not as a domain error. `unary`: a
+        call of its own even where the method goes on a session."""
         start = time.perf_counter()
         code = "OK"
         try:
-            if method in self._on_session:
-                reply = await self._session.call(method, request, timeout or self._timeout)
+            if method in self._on_session and not unary:
+                session = self._session if method in TASK_METHODS else next(self._next_submit)
+                reply = await session.call(method, request, timeout or self._timeout)
             else:
                 reply = await getattr(self._stub, method)(
                     request,
@@ -201,11 +213,13 @@ class SchedulerClient:
     ) -> tuple[JobView, bool]:
         submission = Submission(spec, idempotency_key, request_digest)
         if len(spec.nodes) > ALONE_NODES:
-            return await self._submit_one(submission)
+            # A call of its own: on a stream, its large messages would hold up the small
+            # submissions behind them.
+            return await self._submit_one(submission, unary=True)
         return await self._submits(submission)
 
-    async def _submit_one(self, s: Submission) -> tuple[JobView, bool]:
-        reply = await self._call("SubmitJob", convert.submission_to_pb(s))
+    async def _submit_one(self, s: Submission, *, unary: bool = False) -> tuple[JobView, bool]:
+        reply = await self._call("SubmitJob", convert.submission_to_pb(s), unary=unary)
         return convert.job_from_pb(reply.job), reply.created
 
     async def _submit_each(self, batch: list[Submission]) -> list[Answer | BaseException]:

@@ -15,7 +15,8 @@ from grpc_health.v1._async import HealthServicer
 from minitemporal.domain.model import JobSpec, NodeSpec, RetryPolicy
 from minitemporal.domain.validation import Limits
 from minitemporal.errors import Conflict, InvalidInput
-from minitemporal.observability.metrics import Metrics
+from minitemporal.groupcommit import ALONE_NODES
+from minitemporal.observability.metrics import GrpcMetrics, Metrics
 from minitemporal.queue.redis import RedisQueue
 from minitemporal.rpc.client import SchedulerClient
 from minitemporal.rpc.gen import scheduler_pb2 as pb
@@ -260,3 +261,72 @@ async def test_an_older_scheduler_gets_unary_calls_from_an_api_with_a_session(
     assert caplog.text.count("takes no submissions on a session") == 1, "once, then remembered"
     assert calls(server_metrics, "SubmitJob") == 6, "every job by a unary call, none twice"
     assert len((await service.store.list_jobs(limit=50)).jobs) == 6
+
+
+class _PathServicer(SchedulerServicer):
+    """Records how each submission arrived: `unary`, or `session` (a message of a stream)."""
+
+    def __init__(self, service: SchedulerService, metrics: GrpcMetrics) -> None:
+        super().__init__(service, metrics)
+        self.paths: list[str] = []
+
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobResponse:  # type: ignore[override]
+        self.paths.append("unary")
+        return await super().SubmitJob(request, context)
+
+    async def _session_reply(self, request: pb.SessionRequest) -> pb.SessionReply:
+        if request.WhichOneof("call") in ("submit", "submit_jobs"):
+            self.paths.append("session")
+        return await super()._session_reply(request)
+
+
+async def test_a_large_submission_is_a_call_of_its_own(service: SchedulerService) -> None:
+    servicer = _PathServicer(service, Metrics().grpc)
+    port = free_port()
+    server = await serve(servicer, port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10, submissions=True
+    )
+    wide = JobSpec(
+        "wide", tuple(NodeSpec(f"n{i}", "true", name=f"n{i}") for i in range(ALONE_NODES + 1))
+    )
+    try:
+        assert (await client.submit_job(job(0)))[1]
+        assert (await client.submit_job(wide))[1]
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+    assert servicer.paths == ["session", "unary"]
+
+
+async def test_an_apis_submission_streams_spread_over_several_schedulers(
+    service: SchedulerService,
+) -> None:
+    """Two schedulers behind one target (as behind a DNS name): the api's two submission
+    streams open on one each, as its unary calls would spread."""
+    servicers = [_PathServicer(service, Metrics().grpc) for _ in range(2)]
+    ports = [free_port(), free_port()]
+    servers = [await serve(s, p) for s, p in zip(servicers, ports, strict=True)]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    client = SchedulerClient(target, metrics=Metrics().grpc, timeout=10, submissions=True)
+    wide = JobSpec(
+        "wide", tuple(NodeSpec(f"n{i}", "true", name=f"n{i}") for i in range(ALONE_NODES + 1))
+    )
+    try:
+        # Large jobs (unary calls) until both schedulers have answered one: both connections
+        # are ready, so round robin has both to choose from when the streams open.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not all(s.paths for s in servicers):
+            assert asyncio.get_running_loop().time() < deadline, "a scheduler never answered"
+            await client.submit_job(wide)
+        for s in servicers:
+            s.paths.clear()
+        for i in range(6):  # one after another: the calls take turns on the two streams
+            assert (await client.submit_job(job(i)))[1]
+    finally:
+        await client.close()
+        for server in servers:
+            await server.stop(grace=None)
+    assert [s.paths for s in servicers] == [["session"] * 3] * 2
