@@ -34,7 +34,7 @@ from minitemporal.observability.logging import redact_url
 from minitemporal.observability.metrics import Metrics
 from minitemporal.queue.base import TaskQueue
 from minitemporal.rpc.client import SchedulerClient
-from minitemporal.rpc.server import build_server, set_serving
+from minitemporal.rpc.server import SchedulerServicer, build_server, set_serving
 from minitemporal.rpc.tls import channel_credentials, server_credentials
 from minitemporal.scheduler.maintenance import Maintenance
 from minitemporal.scheduler.service import SchedulerService
@@ -151,6 +151,7 @@ class Runtime:
         self.queue: TaskQueue | None = None
         self.client: SchedulerClient | None = None
         self.grpc_server: grpc.aio.Server | None = None
+        self.servicer: SchedulerServicer | None = None
         self.grpc_port: int | None = None
         self.http: EmbeddedUvicorn | None = None
         self.http_done = anyio.Event()  # the HTTP server has stopped (or never started)
@@ -249,6 +250,8 @@ class Runtime:
                     await set_serving(grpc_health, False)
                     if self.service is not None:
                         await self.service.watch.close()  # the apis reconnect elsewhere
+                    if self.servicer is not None:
+                        self.servicer.end_sessions()  # so do workers and apis
                     await self.grpc_server.stop(grace=5.0)
                 tg.cancel_scope.cancel()
             if self.grpc_server is not None:
@@ -309,6 +312,7 @@ class Runtime:
             ),
         )
         self.service = service
+        self.servicer = SchedulerServicer(service, self.metrics.grpc)
         self.grpc_server, self.grpc_port = build_server(
             service,
             self.metrics.grpc,
@@ -316,6 +320,7 @@ class Runtime:
             secret=s.grpc_secret.get_secret_value() if s.grpc_secret else None,
             credentials=credentials,
             address=f"{s.grpc_host}:{s.grpc_port}",
+            servicer=self.servicer,
         )
         await self.grpc_server.start()
         await set_serving(grpc_health, True)

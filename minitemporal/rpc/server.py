@@ -40,6 +40,18 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         self._s = service
         self._m = metrics
         self._calls = self._session_calls()
+        self._sessions: set[asyncio.Task[None]] = set()  # the readers of open sessions
+        self._ending = False
+
+    def end_sessions(self) -> None:
+        """A scheduler that stops ends its sessions itself, once each has answered the calls
+        it had begun, instead of waiting out the grace period for its workers and apis to
+        hang up; they open new ones, on another scheduler if there is one. Calls still
+        unread fail on the client's side, as on any broken stream (retried by workers, 503
+        from an api)."""
+        self._ending = True
+        for reader in list(self._sessions):
+            reader.cancel()
 
     async def _run(
         self, method: str, context: grpc.aio.ServicerContext, body: Callable[[], Awaitable[Resp]]
@@ -255,7 +267,11 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
                     await asyncio.gather(*handling, return_exceptions=True)
                 replies.put_nowait(None)
 
+        if self._ending:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping")
         reader = asyncio.create_task(read())
+        self._sessions.add(reader)
+        reader.add_done_callback(self._sessions.discard)
         try:
             while (reply := await replies.get()) is not None:
                 yield reply
@@ -348,7 +364,9 @@ def build_server(
     secret: str | None,
     credentials: grpc.ServerCredentials | None = None,
     address: str,
+    servicer: SchedulerServicer | None = None,
 ) -> tuple[grpc.aio.Server, int]:
+    """`servicer`: the caller's own, to end its sessions when it stops."""
     interceptors = [SecretInterceptor(secret)] if secret else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -360,7 +378,8 @@ def build_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    pb_grpc.add_SchedulerServicer_to_server(SchedulerServicer(service, metrics), server)
+    servicer = servicer or SchedulerServicer(service, metrics)
+    pb_grpc.add_SchedulerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if credentials is not None:
         port = server.add_secure_port(address, credentials)

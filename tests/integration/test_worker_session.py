@@ -25,7 +25,7 @@ from minitemporal.errors import CredentialsRejected, Unavailable
 from minitemporal.observability.metrics import Metrics
 from minitemporal.queue.memory import MemoryQueue
 from minitemporal.rpc.client import SchedulerClient
-from minitemporal.rpc.server import build_server
+from minitemporal.rpc.server import SchedulerServicer, build_server
 from minitemporal.scheduler.service import SchedulerService
 from minitemporal.store.postgres import PostgresStore
 from tests.support.procs import wait_until
@@ -184,3 +184,59 @@ async def test_a_report_hands_part_of_a_fan_out_and_the_rest_reaches_the_queue(
     # The other two went to the queue after the commit: another worker can claim them.
     rest = await client.claim("w2", await service.queue.pop(5, 10.0))
     assert sorted(t.node_id for t in rest) == ["c1", "c2"]
+
+
+async def test_a_stopping_scheduler_ends_its_sessions_instead_of_waiting_out_its_grace(
+    service: SchedulerService,
+) -> None:
+    port = free_port()
+    servicer = SchedulerServicer(service, Metrics().grpc)
+    server, _ = build_server(
+        service,
+        Metrics().grpc,
+        HealthServicer(),
+        secret="s3cret",
+        address=f"127.0.0.1:{port}",
+        servicer=servicer,
+    )
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    worker = SchedulerClient(
+        address, metrics=Metrics().grpc, secret="s3cret", tasks=True, timeout=3
+    )
+    api = SchedulerClient(address, metrics=Metrics().grpc, secret="s3cret", submissions=True)
+    spec = JobSpec("j", (NodeSpec("a", "true", "a"),))
+    offered: list[object] = []
+    try:
+        assert (await api.submit_job(spec))[1], "the api's stream is open"
+
+        async def offer() -> None:
+            try:
+                offered.append(await worker.offer("w", 1, 60.0))
+            except Unavailable as exc:
+                offered.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(offer)
+            await wait_until(lambda: len(service.offers) == 1, "the worker's standing offer")
+            started = anyio.current_time()
+            servicer.end_sessions()
+            with anyio.fail_after(20):
+                await server.stop(grace=30)  # would wait 30 s for the two open streams
+        assert anyio.current_time() - started < 10
+        assert len(offered) == 1 and isinstance(offered[0], Unavailable), offered
+
+        server = await serve(service, port)  # back on the same address: new streams
+        deadline = anyio.current_time() + 10
+        while True:  # the channels reconnect with backoff
+            try:
+                assert (await api.submit_job(spec))[1]
+                assert (await worker.heartbeat("w", [])).lost == ()
+                break
+            except Unavailable:
+                assert anyio.current_time() < deadline, "never reconnected"
+                await anyio.sleep(0.05)
+    finally:
+        await worker.close()
+        await api.close()
+        await server.stop(grace=None)
