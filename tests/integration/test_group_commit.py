@@ -201,6 +201,14 @@ async def test_an_apis_concurrent_submissions_go_in_few_calls_each_with_its_answ
     assert len((await service.store.list_jobs(limit=50)).jobs) == 1 + 10
 
 
+async def all_created(client: SchedulerClient, jobs: range) -> None:
+    """Submit `job(i)` for each i at once; every one must be created."""
+    answers = await asyncio.gather(
+        *(client.submit_job(job(i)) for i in jobs), return_exceptions=True
+    )
+    assert all(isinstance(a, tuple) and a[1] for a in answers), answers
+
+
 class _OldServicer(SchedulerServicer):
     """A scheduler from before SubmitJobs."""
 
@@ -217,10 +225,7 @@ async def test_an_older_scheduler_gets_one_call_per_submission(
     client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10)
     try:
         for _ in range(2):  # the second round goes one by one from the start
-            answers = await asyncio.gather(
-                *(client.submit_job(job(i)) for i in range(10)), return_exceptions=True
-            )
-            assert all(isinstance(a, tuple) and a[1] for a in answers), answers
+            await all_created(client, range(10))
     finally:
         await client.close()
         await server.stop(grace=None)
@@ -251,10 +256,7 @@ async def test_an_older_scheduler_gets_unary_calls_from_an_api_with_a_session(
     try:
         view, created = await client.submit_job(job(0))
         assert created and view.name == "j0"
-        answers = await asyncio.gather(
-            *(client.submit_job(job(i)) for i in range(1, 6)), return_exceptions=True
-        )
-        assert all(isinstance(a, tuple) and a[1] for a in answers), answers
+        await all_created(client, range(1, 6))
     finally:
         await client.close()
         await server.stop(grace=None)
