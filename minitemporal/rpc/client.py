@@ -102,7 +102,8 @@ class SchedulerClient:
         # reports never queue behind them, and each stream opens on the next scheduler of
         # several behind one address, as unary calls would spread.
         self._submit_sessions = [
-            Session(self._stub, self._metadata, wait=wait_for_ready) for _ in range(SUBMIT_CALLS)
+            Session(self._stub, self._metadata, wait=wait_for_ready)
+            for _ in range(SUBMIT_CALLS if submissions else 0)
         ]
         self._next_submit = itertools.cycle(self._submit_sessions)
         # Submissions made while SUBMIT_CALLS calls are out wait and go together in one

@@ -37,10 +37,8 @@ FIELDS = {
     "SubmitJob": "submit",
     "SubmitJobs": "submit_jobs",
 }
-TASK_METHODS = frozenset(
-    {"ClaimTasks", "Heartbeat", "CompleteTasks", "ReleaseTasks", "OfferSlots", "WithdrawOffer"}
-)
 SUBMIT_METHODS = frozenset({"SubmitJob", "SubmitJobs"})
+TASK_METHODS = frozenset(FIELDS) - SUBMIT_METHODS
 # What a scheduler answers to a message whose call it does not know (an older version).
 UNKNOWN_CALL = "empty session message"
 
