@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report, workloads
+from benchmarks.cpu import Meter
 from benchmarks.workloads import Plan, WorkloadError
 
 HERE = Path(__file__).resolve().parent
@@ -454,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
 
             ours = Ours(api_url)
             stack.callback(ours.close)
+            if not args.api_url:
+                servers = (
+                    {"postgres": "postgres", "redis": "redis-server"}
+                    if args.backend == "postgres"
+                    else {}
+                )
+                ours.meter = Meter(system.pids(), servers)
             ours.warmup(args.slots)
             targets: list[Any] = [ours]
 
@@ -471,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 stack.callback(lambda: exit_codes.update({"celery-worker": celery.stop()}))
                 celery.start()
+                celery.meter = Meter(celery.pids(), {"redis": "redis-server"})
                 results["systems"]["celery"] = {
                     "description": f"Celery {celery.version}, Redis broker and result backend, "
                     f"prefork --concurrency {args.slots}, prefetch multiplier 1, acks late, "
@@ -513,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(table, peer) if table else "no figures were measured")
     print()
+    notes = report.cpu_notes(results, peer)
+    if notes:
+        print("CPU by process, ms:")
+        print("\n".join(f"  {n}" for n in notes))
+        print()
     if suite.errors:
         print("errors:")
         for key, text in suite.errors.items():

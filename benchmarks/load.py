@@ -51,6 +51,7 @@ class ClientReport:
     call_seconds: list[float] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     error: str | None = None
+    cpu_seconds: float = 0.0  # the client's own CPU over the window
 
 
 @dataclass
@@ -61,6 +62,9 @@ class ClosedLoop:
     call_seconds: list[float]
     ids: list[str]
     errors: list[str]
+    client_cpu_seconds: list[float] = field(default_factory=list)
+    # What `probe` returned at the window's start and at its end (None without a probe).
+    probes: tuple[Any, Any] | None = None
 
     @property
     def per_second(self) -> float:
@@ -90,6 +94,7 @@ def _client_main(
     end = begin + duration
     while time.time() < begin:
         time.sleep(0.001)
+    cpu = time.process_time()
     while True:
         t = time.time()
         if t >= end:
@@ -107,17 +112,22 @@ def _client_main(
         if done <= end:
             report.accepted += 1
             report.call_seconds.append(done - t)
+    report.cpu_seconds = time.process_time() - cpu
     out.put(report)
 
 
 def closed_loop(
-    factory: Callable[[int], Callable[[], str | None]], clients: int, duration: float
+    factory: Callable[[int], Callable[[], str | None]],
+    clients: int,
+    duration: float,
+    probe: Callable[[], Any] | None = None,
 ) -> ClosedLoop:
     """Run `clients` processes, each calling `factory(i)()` back to back for `duration` s.
 
     `factory` must be a module-level function (processes are spawned, not forked). A call
     returns an id of what it submitted (or None), or raises when the submission was refused.
-    Only calls that completed inside the window count as accepted.
+    Only calls that completed inside the window count as accepted. `probe` is called here,
+    in the parent, as the window opens and as it closes (CPU counters, a backlog).
     """
     ctx = mp.get_context("spawn")
     ready, out = ctx.Queue(), ctx.Queue()
@@ -138,6 +148,10 @@ def closed_loop(
             ready.get(timeout=60)
         start_at.value = time.time() + 0.1
         go.set()
+        probes = None
+        if probe is not None:
+            first = _at(start_at.value, probe)
+            probes = (first, _at(start_at.value + duration, probe))
         reports: list[ClientReport] = [out.get(timeout=duration + 120) for _ in procs]
     finally:
         for p in procs:
@@ -151,4 +165,14 @@ def closed_loop(
         call_seconds=[s for r in reports for s in r.call_seconds],
         ids=[i for r in reports for i in r.ids],
         errors=[r.error for r in reports if r.error],
+        client_cpu_seconds=[r.cpu_seconds for r in reports],
+        probes=probes,
     )
+
+
+def _at(when: float, probe: Callable[[], T]) -> T:
+    """`probe()` at the wall-clock time `when` (the clients' clock for the window)."""
+    delay = when - time.time()
+    if delay > 0:
+        time.sleep(delay)  # the window's schedule, not a wait for a condition
+    return probe()

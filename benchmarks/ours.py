@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from benchmarks import cpu
 from benchmarks.load import ClosedLoop, closed_loop, open_loop
 from benchmarks.stats import Span
-from benchmarks.workloads import FanRun, LatencyRun, SpanRun, WorkloadError
+from benchmarks.workloads import FanRun, LatencyRun, Mark, SpanRun, WorkloadError
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 PAGE = 500
@@ -74,6 +75,7 @@ class Ours:
         self.command = command
         self.poll_interval = poll_interval
         self.http = Rest(self.api_url)
+        self.meter: cpu.Meter | None = None  # set by the suite when it started the processes
 
     def close(self) -> None:
         self.http.close()
@@ -148,7 +150,14 @@ class Ours:
         ]
         return LatencyRun(spans, paced.lateness)
 
+    def _cpu(self) -> cpu.Snapshot | None:
+        return self.meter.snapshot() if self.meter else None
+
+    def _mark(self) -> Mark:
+        return Mark(self._cpu(), len(self.running_ids()))
+
     def burst(self, jobs: int, per_job: int) -> SpanRun:
+        before = self._cpu()
         since = time.time()
         ids = []
         for j in range(jobs):
@@ -156,8 +165,9 @@ class Ours:
             ids.append(self.submit(f"burst-{j}", nodes)[0])
         submitted = time.time()
         self.wait(ids, timeout=120 + jobs * per_job / 10)
+        used = cpu.usage(before, self._cpu(), jobs * per_job)
         spans = [node_span(n) for job_id in ids for n in self.finished_job(job_id)["nodes"]]
-        return SpanRun(spans, since, submitted)
+        return SpanRun(spans, since, submitted, used)
 
     def chain(self, length: int) -> list[Span]:
         job_id, _ = self.submit("chain", chain_nodes(length, self.command))
@@ -173,7 +183,7 @@ class Ours:
 
     def submission(self, clients: int, duration: float) -> ClosedLoop:
         factory = functools.partial(_submit_client, self.api_url, self.command)
-        result = closed_loop(factory, clients, duration)
+        result = closed_loop(factory, clients, duration, probe=self._mark)
         if result.errors and not result.accepted:
             raise WorkloadError("; ".join(result.errors))
         self.wait(result.ids, timeout=120 + len(result.ids) / 10)

@@ -22,10 +22,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchmarks import cpu
 from benchmarks.load import ClosedLoop, closed_loop, open_loop
 from benchmarks.stats import Span
 from benchmarks.system import ROOT, Proc, StartFailed, base_env, delete_prefixed_keys
-from benchmarks.workloads import FanRun, LatencyRun, SpanRun, WorkloadError
+from benchmarks.workloads import FanRun, LatencyRun, Mark, SpanRun, WorkloadError
 
 
 def peer_env(redis_url: str, prefix: str) -> dict[str, str]:
@@ -97,6 +98,7 @@ class CeleryPeer:
             ROOT,
         )
         self._labels = 0
+        self.meter: cpu.Meter | None = None  # set by the suite once the worker runs
 
     # --- lifecycle
     def start(self, timeout: float = 60.0) -> None:
@@ -105,6 +107,10 @@ class CeleryPeer:
             self.warmup(timeout=timeout)
         except WorkloadError as exc:
             raise StartFailed(f"Celery worker not ready: {exc}\n{self.worker.log()}") from exc
+
+    def pids(self) -> dict[str, int]:
+        """The worker's main process: its prefork pool are its children."""
+        return {"worker": self.worker.popen.pid} if self.worker.popen is not None else {}
 
     def stop(self) -> int | None:
         code = self.worker.stop()
@@ -118,13 +124,35 @@ class CeleryPeer:
         self._labels += 1
         return f"{what}-{self._labels}"
 
-    def wait(self, label: str, count: int, timeout: float) -> dict[str, Span]:
+    def _cpu(self) -> cpu.Snapshot | None:
+        return self.meter.snapshot() if self.meter else None
+
+    def _mark(self) -> Mark:
+        """The CPU counters, and the tasks accepted but not finished: those waiting in the
+        queue and those a worker process has taken and not yet acknowledged."""
+        snapshot = self._cpu()
+        client = self.mod.records()
+        prefix = self.settings["BENCH_CELERY_KEY_PREFIX"]
+        waiting = int(client.llen(prefix + self.settings["BENCH_CELERY_QUEUE"]))
+        return Mark(snapshot, waiting + int(client.hlen(prefix + "unacked")))
+
+    def wait(
+        self,
+        label: str,
+        count: int,
+        timeout: float,
+        on_done: list[cpu.Snapshot | None] | None = None,
+    ) -> dict[str, Span]:
+        """The spans of `count` records of `label`, once all are there; `on_done` gets the
+        CPU counters of that moment, before the records are read."""
         client = self.mod.records()
         key = self.mod.record_key(label)
         deadline = time.monotonic() + timeout
         while True:
             done = int(client.hlen(key))
             if done >= count:
+                if on_done is not None:
+                    on_done.append(self._cpu())
                 break
             if not self.worker.alive():
                 raise WorkloadError(f"the Celery worker exited:\n{self.worker.log()}")
@@ -175,12 +203,15 @@ class CeleryPeer:
         from celery import group
 
         label = self._label("burst")
+        before = self._cpu()
         since = time.time()
         for j in range(jobs):
             group(self._sig(label, f"{j:04d}-{i:05d}") for i in range(per_job)).apply_async()
         submitted = time.time()
-        spans = self.wait(label, jobs * per_job, timeout=120 + jobs * per_job / 10)
-        return SpanRun(list(spans.values()), since, submitted)
+        done: list[cpu.Snapshot | None] = []
+        spans = self.wait(label, jobs * per_job, timeout=120 + jobs * per_job / 10, on_done=done)
+        used = cpu.usage(before, done[0] if done else None, jobs * per_job)
+        return SpanRun(list(spans.values()), since, submitted, used)
 
     def chain(self, length: int) -> list[Span]:
         from celery import chain
@@ -203,7 +234,7 @@ class CeleryPeer:
     def submission(self, clients: int, duration: float) -> ClosedLoop:
         label = self._label("submit")
         factory = functools.partial(_submit_client, self.settings, self.command, label)
-        result = closed_loop(factory, clients, duration)
+        result = closed_loop(factory, clients, duration, probe=self._mark)
         if result.errors and not result.accepted:
             raise WorkloadError("; ".join(result.errors))
         self.wait(label, len(result.ids), timeout=120 + len(result.ids) / 10)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import stats
+from benchmarks import cpu, stats
 from benchmarks.workloads import ROWS, lookup
 
 START = "<!-- results:start -->"
@@ -135,6 +135,31 @@ def text_table(table: list[dict[str, Any]], peer: str | None) -> str:
     return "\n".join(lines)
 
 
+CPU_WORKLOADS = (
+    ("throughput_one_job", "(b) one job", "node"),
+    ("throughput_many_jobs", "(b) many jobs", "node"),
+    ("submit", "(d) submission", "accepted job"),
+)
+
+
+def cpu_notes(results: dict[str, Any], peer: str | None) -> list[str]:
+    """Where each system's CPU went in the workloads that saturate the machine, by process,
+    and for (d) how much accepted work was still unfinished as the window closed."""
+    systems = ["minitemporal", *([peer] if peer else [])]
+    lines = []
+    for key, label, unit in CPU_WORKLOADS:
+        for name in systems:
+            figures = results.get("figures", {}).get(name, {}).get(key) or {}
+            text = cpu.breakdown(figures.get("cpu"), unit)
+            if text is None:
+                continue
+            left = figures.get("unfinished_at_end")
+            if left is not None:
+                text += f"; {left:.0f} accepted jobs unfinished as the window closed"
+            lines.append(f"{label}, {name}: {text}")
+    return lines
+
+
 def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | None) -> str:
     m = results["machine"]
     sys_ = results["systems"]
@@ -172,6 +197,10 @@ def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | N
         if rounds:
             cells.append(_range(r.get("round_ratios")))
         lines.append("| " + " | ".join([*cells, r["better"]]) + " |")
+    notes = cpu_notes(results, peer)
+    if notes:
+        lines += ["", "CPU by process (milliseconds of CPU time; medians of the rounds):", ""]
+        lines += [f"- {n}" for n in notes]
     if results.get("errors"):
         lines.append("")
         lines.append("Errors in this run:")

@@ -253,6 +253,10 @@ class Minitemporal:
         self.api_url = api.health_url.removesuffix("/healthz")
         return self.api_url
 
+    def pids(self) -> dict[str, int]:
+        """Each process's pid by its name (`api`, `scheduler`, `worker`...)."""
+        return {p.name: p.popen.pid for p in self.procs if p.popen is not None}
+
     def stop(self) -> list[tuple[str, int | None]]:
         """Stop in reverse order of start; return (name, exit code) of each."""
         return [(p.name, p.stop()) for p in reversed(self.procs)]

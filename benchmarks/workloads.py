@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from benchmarks import stats
+from benchmarks import cpu, stats
 from benchmarks.load import ClosedLoop
 from benchmarks.stats import Span
 
@@ -33,6 +33,16 @@ class SpanRun:
     spans: list[Span]
     since: float  # the client's clock just before the first submit call
     submitted: float  # the client's clock once the last submit call returned
+    # CPU from the first submit call until every node was seen finished (`cpu.usage`).
+    cpu: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What a target's probe saw at one moment of a workload."""
+
+    cpu: cpu.Snapshot | None
+    unfinished: int | None = None  # accepted, not finished (waiting or running)
 
 
 @dataclass
@@ -115,6 +125,7 @@ def burst_figures(run: SpanRun) -> dict[str, Any]:
         "makespan_s": max(s.finished for s in run.spans) - run.since,
         "first_start_s": min(s.started for s in run.spans) - run.since,
         "submit_calls_s": run.submitted - run.since,
+        "cpu": run.cpu,
     }
 
 
@@ -155,12 +166,22 @@ def fan_figures(fans: list[FanRun], slots: int) -> dict[str, Any]:
 
 
 def submit_figures(run: ClosedLoop) -> dict[str, Any]:
+    first, last = run.probes if run.probes else (Mark(None), Mark(None))
+    finished = None
+    if first.unfinished is not None and last.unfinished is not None:
+        # What the system also ran while it accepted: the work it had, plus what it
+        # accepted, minus what was left (calls still out at the close count as left).
+        finished = max(0, first.unfinished + run.accepted - last.unfinished) / run.seconds
     return {
         "accepted": run.accepted,
         "refused": run.refused,
         "seconds": run.seconds,
         "accepted_per_second": run.per_second,
         "call_ms": _pct(run.call_seconds) if run.call_seconds else None,
+        # Over the window, per accepted job, the clients' own CPU included.
+        "cpu": cpu.usage(first.cpu, last.cpu, run.accepted, run.client_cpu_seconds),
+        "unfinished_at_end": last.unfinished,
+        "finished_per_second": finished,
         "errors": run.errors[:5],
     }
 
@@ -239,6 +260,10 @@ ROWS: list[tuple[Figure, tuple[str, ...]]] = [
         ("throughput_one_job", "burst_to_start_ms", "p99"),
     ),
     (
+        Figure("throughput", "one_cpu", "(b) one job: CPU per node", "ms", "lower"),
+        ("throughput_one_job", "cpu", "ms_per_unit", "total"),
+    ),
+    (
         Figure("throughput", "many_rate", "(b) many jobs: nodes/s", "nodes/s", "higher"),
         ("throughput_many_jobs", "nodes_per_second"),
     ),
@@ -257,6 +282,10 @@ ROWS: list[tuple[Figure, tuple[str, ...]]] = [
     (
         Figure("throughput", "many_b99", "(b) many jobs: burst→start p99", "ms", "lower"),
         ("throughput_many_jobs", "burst_to_start_ms", "p99"),
+    ),
+    (
+        Figure("throughput", "many_cpu", "(b) many jobs: CPU per node", "ms", "lower"),
+        ("throughput_many_jobs", "cpu", "ms_per_unit", "total"),
     ),
     (
         Figure("dag", "chain_edge", "(c) chain: overhead per edge", "ms", "lower"),
@@ -285,6 +314,12 @@ ROWS: list[tuple[Figure, tuple[str, ...]]] = [
     (
         Figure("submit", "call_p50", "(d) submission: call p50", "ms", "lower"),
         ("submit", "call_ms", "p50"),
+    ),
+    (
+        Figure(
+            "submit", "finished", "(d) submission: jobs finished/s meanwhile", "jobs/s", "higher"
+        ),
+        ("submit", "finished_per_second"),
     ),
 ]
 
