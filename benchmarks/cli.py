@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                     else {}
                 )
                 ours.meter = Meter(system.pids(), servers)
+                ours.database_url = database_url
             ours.warmup(args.slots)
             targets: list[Any] = [ours]
 
@@ -522,6 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(table, peer) if table else "no figures were measured")
     print()
+    probe = report.commit_note(results)
+    if probe:
+        print(probe)
+        print()
     notes = report.cpu_notes(results, peer)
     if notes:
         print("CPU by process, ms:")

@@ -8,6 +8,7 @@ with a deadline; the full job is fetched once, after it finished.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from benchmarks import cpu
+from benchmarks.commits import CommitProbe
 from benchmarks.load import ClosedLoop, closed_loop, open_loop
 from benchmarks.stats import Span
 from benchmarks.workloads import FanRun, LatencyRun, Mark, SpanRun, WorkloadError
@@ -76,6 +78,7 @@ class Ours:
         self.poll_interval = poll_interval
         self.http = Rest(self.api_url)
         self.meter: cpu.Meter | None = None  # set by the suite when it started the processes
+        self.database_url: str | None = None  # the server to probe during (a), if known
 
     def close(self) -> None:
         self.http.close()
@@ -141,14 +144,18 @@ class Ours:
 
     def latency(self, rate: float, duration: float) -> LatencyRun:
         nodes = [node("only", self.command)]
-        paced = open_loop(rate, duration, lambda i: self.submit(f"latency-{i}", nodes))
-        ids = [job_id for job_id, _ in paced.results]
-        self.wait(ids, timeout=duration + 120)
+        with contextlib.ExitStack() as stack:
+            probe = None
+            if self.database_url:
+                probe = stack.enter_context(CommitProbe(self.database_url))
+            paced = open_loop(rate, duration, lambda i: self.submit(f"latency-{i}", nodes))
+            ids = [job_id for job_id, _ in paced.results]
+            self.wait(ids, timeout=duration + 120)
         spans = [
             node_span(self.finished_job(job_id)["nodes"][0], submitted)
             for job_id, submitted in paced.results
         ]
-        return LatencyRun(spans, paced.lateness)
+        return LatencyRun(spans, paced.lateness, probe.summary() if probe else None)
 
     def _cpu(self) -> cpu.Snapshot | None:
         return self.meter.snapshot() if self.meter else None

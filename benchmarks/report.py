@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cpu, stats
+from benchmarks import commits, cpu, stats
 from benchmarks.workloads import ROWS, lookup
 
 START = "<!-- results:start -->"
@@ -142,6 +142,18 @@ CPU_WORKLOADS = (
 )
 
 
+def commit_note(results: dict[str, Any]) -> str | None:
+    """The PostgreSQL server's own commit times during (a): a p99 or a max that a commit
+    stall of the server explains shows beside a stall of the probe."""
+    latency = results.get("figures", {}).get("minitemporal", {}).get("latency") or {}
+    summary = latency.get("postgres_commit_probe")
+    text = commits.describe(summary)
+    if summary is None or text is None:
+        return None
+    every = f"every {summary['interval_ms']:.0f} ms"
+    return f"(a) PostgreSQL's own commits meanwhile (a connection of their own, {every}): {text}"
+
+
 def cpu_notes(results: dict[str, Any], peer: str | None) -> list[str]:
     """Where each system's CPU went in the workloads that saturate the machine, by process,
     and for (d) how much accepted work was still unfinished as the window closed."""
@@ -197,6 +209,9 @@ def markdown(results: dict[str, Any], table: list[dict[str, Any]], peer: str | N
         if rounds:
             cells.append(_range(r.get("round_ratios")))
         lines.append("| " + " | ".join([*cells, r["better"]]) + " |")
+    probe = commit_note(results)
+    if probe:
+        lines += ["", probe]
     notes = cpu_notes(results, peer)
     if notes:
         lines += ["", "CPU by process (milliseconds of CPU time; medians of the rounds):", ""]

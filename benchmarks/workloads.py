@@ -26,6 +26,7 @@ class WorkloadError(RuntimeError):
 class LatencyRun:
     spans: list[Span]
     lateness: list[float]
+    commits: dict[str, Any] | None = None  # the PostgreSQL commit probe's summary
 
 
 @dataclass
@@ -111,6 +112,7 @@ def latency_figures(run: LatencyRun) -> dict[str, Any]:
         "run_ms": _pct([s.run for s in run.spans]),
         "pacer_lateness_ms": _pct(run.lateness),
         "jobs": len(run.spans),
+        "postgres_commit_probe": run.commits,
     }
 
 

@@ -135,3 +135,20 @@ def test_cpu_notes_name_each_system_and_the_backlog() -> None:
         "(machine 50% busy); 12 accepted jobs unfinished as the window closed",
     ]
     assert report.cpu_notes(results, None) == [notes[1]]
+
+
+def test_the_commit_probe_note_names_its_interval_and_the_slow_commits() -> None:
+    summary = {
+        "commits": 150,
+        "interval_ms": 100.0,
+        "p50_ms": 0.41,
+        "max_ms": 97.6,
+        "over_20_ms": 2,
+        "error": None,
+    }
+    results = {"figures": {"minitemporal": {"latency": {"postgres_commit_probe": summary}}}}
+    assert report.commit_note(results) == (
+        "(a) PostgreSQL's own commits meanwhile (a connection of their own, every 100 ms): "
+        "150 probe commits, p50 0.41 ms, max 97.6 ms, 2 over 20 ms"
+    )
+    assert report.commit_note({"figures": {}}) is None
