@@ -8,6 +8,7 @@ same code. Signals belong to this module alone: uvicorn's handlers are switched 
 from __future__ import annotations
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -53,6 +54,15 @@ class EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def settle_heap() -> None:
+    """Keep what startup built (modules, protobuf descriptors, grpc, the web app...) out of
+    the cyclic collector's passes: it lives as long as the process. A full collection walked
+    all of it each time, 30-55 ms with the event loop stopped, and a job arriving meanwhile
+    waited as long; now it walks only what was made since."""
+    gc.collect()
+    gc.freeze()
 
 
 def build_store(settings: Settings) -> Store:
@@ -233,6 +243,7 @@ class Runtime:
                     tg.start_soon(self._run_worker, worker_done, self.client, self.queue)
                 else:
                     worker_done.set()
+                settle_heap()
                 log.info("minitemporal running", extra={"roles": ",".join(sorted(self.roles))})
                 await self.stopping.wait()
                 log.info("stopping")
