@@ -151,7 +151,14 @@ def commit_note(results: dict[str, Any]) -> str | None:
     if summary is None or text is None:
         return None
     every = f"every {summary['interval_ms']:.0f} ms"
-    return f"(a) PostgreSQL's own commits meanwhile (a connection of their own, {every}): {text}"
+    line = f"(a) PostgreSQL's own commits meanwhile (a connection of their own, {every}): {text}"
+    rounds = [r for r in latency.get("rounds") or [] if r and r.get("postgres_commit_probe")]
+    if len(rounds) > 1:  # side by side, round by round: a stall and a slow start coincide
+        probe = "/".join(f"{r['postgres_commit_probe'].get('max_ms', 0):.1f}" for r in rounds)
+        starts = "/".join(f"{r['enqueue_to_start_ms']['max']:.1f}" for r in rounds)
+        line += f" (medians of the rounds); the rounds' maxima: probe {probe} ms, "
+        line += f"enqueue→start {starts} ms"
+    return line
 
 
 def cpu_notes(results: dict[str, Any], peer: str | None) -> list[str]:

@@ -152,3 +152,19 @@ def test_the_commit_probe_note_names_its_interval_and_the_slow_commits() -> None
         "150 probe commits, p50 0.41 ms, max 97.6 ms, 2 over 20 ms"
     )
     assert report.commit_note({"figures": {}}) is None
+
+
+def test_with_rounds_the_commit_note_sets_each_rounds_maxima_side_by_side() -> None:
+    def round_(probe_max: float, start_max: float) -> dict[str, object]:
+        probe = {"commits": 150, "interval_ms": 100.0, "p50_ms": 0.4, "max_ms": probe_max}
+        probe["over_20_ms"] = int(probe_max > 20)
+        return {"postgres_commit_probe": probe, "enqueue_to_start_ms": {"max": start_max}}
+
+    rounds = [round_(5.2, 5.1), round_(4.0, 5.6), round_(58.1, 63.6)]
+    merged = {**round_(5.2, 5.6), "rounds": rounds}
+    note = report.commit_note({"figures": {"minitemporal": {"latency": merged}}})
+    assert note is not None
+    assert note.endswith(
+        "(medians of the rounds); the rounds' maxima: probe 5.2/4.0/58.1 ms, "
+        "enqueue→start 5.1/5.6/63.6 ms"
+    )
