@@ -289,16 +289,24 @@ class SchedulerServicer(pb_grpc.SchedulerServicer):
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            reply = await body(getattr(request, field))
+            # The caller's deadline, as grpc applies a unary call's: past it, nobody waits
+            # for the answer, and a submission still waiting for its batch is not stored.
+            async with asyncio.timeout(request.timeout_seconds or None) as deadline:
+                reply = await body(getattr(request, field))
             return pb.SessionReply(id=request.id, **{field: reply})
         except MinitemporalError as exc:
             code = exc.grpc_code
             return pb.SessionReply(id=request.id, error=_session_error(exc))
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                detail = f"{method}: the caller's deadline passed"
+            else:
+                code = grpc.StatusCode.INTERNAL
+                detail = "internal error"
+                log.exception("%s failed", method)
             return pb.SessionReply(
-                id=request.id, error=pb.SessionError(code=code.name, detail="internal error")
+                id=request.id, error=pb.SessionError(code=code.name, detail=detail)
             )
         finally:
             self._m.server_calls.labels(method, code.name).inc()

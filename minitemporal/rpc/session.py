@@ -69,13 +69,18 @@ class Session:
         stream fails, and the decoded domain error when the call failed on the scheduler."""
         field = FIELDS[method]
         ident = next(self._ids)
-        future: asyncio.Future[pb.SessionReply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[pb.SessionReply] = loop.create_future()
         self._pending[ident] = future
         try:
             # The deadline covers the write too: to a scheduler that is gone, a write waits
             # (for the channel, for flow control) as long as the answer would.
-            async with asyncio.timeout(timeout):
-                await self._send(pb.SessionRequest(id=ident, **{field: request}))
+            async with asyncio.timeout(timeout) as deadline:
+                # What is left of it goes along: the scheduler gives up on the call then.
+                when = deadline.when()
+                left = 0.0 if when is None else max(0.001, when - loop.time())
+                message = pb.SessionRequest(id=ident, timeout_seconds=left, **{field: request})
+                await self._send(message)
                 reply = await future
         except TimeoutError:
             raise Unavailable(f"no answer to {method} within {timeout:g}s") from None

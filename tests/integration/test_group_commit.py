@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from grpc_health.v1._async import HealthServicer
 
 from minitemporal.domain.model import JobSpec, NodeSpec, RetryPolicy
 from minitemporal.domain.validation import Limits
-from minitemporal.errors import Conflict, InvalidInput
+from minitemporal.errors import Conflict, InvalidInput, Unavailable
 from minitemporal.groupcommit import ALONE_NODES
 from minitemporal.observability.metrics import GrpcMetrics, Metrics
 from minitemporal.queue.redis import RedisQueue
@@ -332,3 +333,57 @@ async def test_an_apis_submission_streams_spread_over_several_schedulers(
         for server in servers:
             await server.stop(grace=None)
     assert [s.paths for s in servicers] == [["session"] * 3] * 2
+
+
+class _HeldStore(PostgresStore):
+    """Holds every batch of submissions until the test lets it go."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, retry_policy=RetryPolicy(), pool_size=4)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def submit_jobs(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await super().submit_jobs(*args, **kwargs)
+
+
+async def test_a_submission_its_api_gave_up_on_is_not_stored(
+    database_url: str, redis_server_url: str, redis_prefix: str
+) -> None:
+    """A session's call carries its deadline, as a unary call does: a submission still
+    waiting for its batch when its caller gives up is dropped, not stored behind its back
+    (where a retry without an Idempotency-Key would make a second job)."""
+    store = _HeldStore(database_url)
+    queue = RedisQueue(redis_server_url, prefix=redis_prefix)
+    await store.open()
+    await queue.open()
+    service = SchedulerService(store, queue, Metrics().scheduler, lease_seconds=15, limits=Limits())
+    server_metrics = Metrics()
+    port = free_port()
+    server = await serve(SchedulerServicer(service, server_metrics.grpc), port)
+    address = f"127.0.0.1:{port}"
+    patient = SchedulerClient(address, metrics=Metrics().grpc, timeout=30, submissions=True)
+    hasty = SchedulerClient(address, metrics=Metrics().grpc, timeout=0.5, submissions=True)
+    loop = asyncio.get_running_loop()
+    try:
+        first = asyncio.create_task(patient.submit_job(job(0)))
+        await asyncio.wait_for(store.entered.wait(), 10)  # being stored, held there
+        with pytest.raises(Unavailable, match=r"within 0\.5s"):
+            await hasty.submit_job(job(1))  # waits behind it, gives up
+        deadline = loop.time() + 10  # the scheduler gives up on it too, at the same deadline
+        while calls(server_metrics, "SubmitJob", "DEADLINE_EXCEEDED") < 1:
+            assert loop.time() < deadline, "the scheduler still works on the abandoned call"
+            await asyncio.sleep(0.01)  # poll
+        store.release.set()
+        view, created = await first
+        assert created and view.name == "j0"
+        assert [j.name for j in (await store.list_jobs(limit=10)).jobs] == ["j0"]
+    finally:
+        store.release.set()
+        await patient.close()
+        await hasty.close()
+        await server.stop(grace=None)
+        await queue.close()
+        await store.close()

@@ -387,7 +387,7 @@ class WithdrawOfferResponse(_message.Message):
     def __init__(self, withdrawn: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "offer", "withdraw", "submit", "submit_jobs")
+    __slots__ = ("id", "claim", "heartbeat", "complete", "release", "offer", "withdraw", "submit", "submit_jobs", "timeout_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLAIM_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +397,7 @@ class SessionRequest(_message.Message):
     WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_JOBS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: int
     claim: ClaimTasksRequest
     heartbeat: HeartbeatRequest
@@ -406,7 +407,8 @@ class SessionRequest(_message.Message):
     withdraw: WithdrawOfferRequest
     submit: SubmitJobRequest
     submit_jobs: SubmitJobsRequest
-    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ..., offer: _Optional[_Union[OfferRequest, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferRequest, _Mapping]] = ..., submit: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., submit_jobs: _Optional[_Union[SubmitJobsRequest, _Mapping]] = ...) -> None: ...
+    timeout_seconds: float
+    def __init__(self, id: _Optional[int] = ..., claim: _Optional[_Union[ClaimTasksRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., complete: _Optional[_Union[CompleteTasksRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseTasksRequest, _Mapping]] = ..., offer: _Optional[_Union[OfferRequest, _Mapping]] = ..., withdraw: _Optional[_Union[WithdrawOfferRequest, _Mapping]] = ..., submit: _Optional[_Union[SubmitJobRequest, _Mapping]] = ..., submit_jobs: _Optional[_Union[SubmitJobsRequest, _Mapping]] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class SessionError(_message.Message):
     __slots__ = ("code", "detail", "error")
