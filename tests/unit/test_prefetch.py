@@ -29,8 +29,8 @@ def test_prefetch_off() -> None:
     assert prefetch_limit(0, 4, 0.001) == 0
 
 
-def test_default_prefetch_is_four_per_slot_and_explicit_wins() -> None:
-    assert Settings(worker_slots=4).effective_worker_prefetch == 16
+def test_default_prefetch_is_eight_per_slot_and_explicit_wins() -> None:
+    assert Settings(worker_slots=4).effective_worker_prefetch == 32
     assert Settings(worker_slots=512).effective_worker_prefetch == 1024
     assert Settings(worker_slots=4, worker_prefetch=0).effective_worker_prefetch == 0
     assert Settings(worker_slots=4, worker_prefetch=2).effective_worker_prefetch == 2
