@@ -17,12 +17,16 @@ import grp
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
+import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from minitemporal.domain.model import ClaimedTask
 from minitemporal.errors import ConfigurationError
@@ -53,6 +57,79 @@ def command_env(
 
 
 PREFIX = "minitemporal-attempt-"
+_OWNER = re.compile(
+    r"minitemporal-attempt-(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[^/]+"
+)
+
+
+def _host_tag(host: str | None) -> str:
+    name = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname() if host is None else host)
+    return name or "host"
+
+
+def _started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, from /proc), None if it is gone;
+    0 where there is no /proc to tell (then the pid alone has to do)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text.rpartition(")")[2].split()[19])
+    except FileNotFoundError:
+        if not Path("/proc/self/stat").exists():
+            return 0 if _pid_exists(pid) else None
+        return None
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def owner_tag(host: str | None = None, pid: int | None = None) -> str:
+    """`HOST-PID-START`: which process made a directory, so that a later worker on this host
+    can tell whether its maker is gone. The start time tells a pid used again (a container
+    restarted with the same pid, a reused one) from the process that made the directory."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_host_tag(host)}-{pid}-{_started(pid) or 0}"
+
+
+def sweep_orphans(parent: str | None, host: str | None = None) -> int:
+    """Remove the working directories that workers of this host left when they died (a
+    worker stopped by a signal it cannot handle leaves its ready directories and those of
+    the attempts it was running, with whatever the commands wrote in them). Only a
+    directory whose maker no longer runs on this host, and that is ours (or we are root);
+    `rmtree` does not follow symlinks, nor a directory swapped for one meanwhile. The
+    number removed."""
+    base = parent or tempfile.gettempdir()
+    mine = _host_tag(host)
+    euid = os.geteuid()
+    removed = 0
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _OWNER.fullmatch(entry.name)
+        if match is None or match["host"] != mine:
+            continue
+        started = _started(int(match["pid"]))
+        if started is not None and started in (0, int(match["start"])):
+            continue  # its maker still runs (or, without /proc, its pid is taken)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or (st.st_uid != euid and euid != 0):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += not os.path.lexists(entry.path)
+    return removed
 
 
 class WorkdirPool:
@@ -60,11 +137,14 @@ class WorkdirPool:
 
     Creating and removing a directory costs 0.1-2 ms on a busy disk; on the path from claim to
     spawn that is latency every task pays. One background thread keeps `size` directories
-    ready and removes used ones; each directory serves exactly one attempt.
+    ready and removes used ones; each directory serves exactly one attempt. Their names say
+    which process made them (`minitemporal-attempt-HOST-PID-START-...`): a pool that starts removes
+    those of dead workers of this host first (`sweep_orphans`).
     """
 
     def __init__(self, parent: str | None, *, size: int) -> None:
         self._parent = parent
+        self._prefix = f"{PREFIX}{owner_tag()}-"
         self._size = max(1, size)
         self._ready: collections.deque[str] = collections.deque()
         self._used: collections.deque[str] = collections.deque()
@@ -73,9 +153,12 @@ class WorkdirPool:
         self._thread: threading.Thread | None = None
 
     def _make(self) -> str:
-        return tempfile.mkdtemp(prefix=PREFIX, dir=self._parent)
+        return tempfile.mkdtemp(prefix=self._prefix, dir=self._parent)
 
     def start(self) -> None:
+        removed = sweep_orphans(self._parent)
+        if removed:
+            log.info("removed %d working directories of dead workers", removed)
         self._thread = threading.Thread(target=self._keep, name="workdirs", daemon=True)
         self._thread.start()
 

@@ -219,3 +219,29 @@ def test_a_worker_whose_scheduler_is_gone_stops_at_once(fast_cluster: Cluster) -
     assert worker.stop() == 0
     took = time.monotonic() - asked
     assert took < 4, f"stopped after {took:.1f}s: it waited for a scheduler that is gone"
+
+
+def test_a_restarted_worker_removes_the_directories_a_killed_one_left(
+    fast_cluster: Cluster, tmp_path: Path
+) -> None:
+    """kill -9 leaves the worker's ready directories and those of its running attempts,
+    with what the commands wrote; the next worker on the host removes them as it starts."""
+    work = tmp_path / "work"
+    work.mkdir()
+    top = start_split(fast_cluster, workers=1, worker_env={"MINITEMPORAL_WORK_DIR": str(work)})
+    job_id = top.api.submit(
+        {"name": "left", "nodes": [node("w", "echo secret > left.txt; sleep 3", timeout=60)]}
+    )
+    top.api.wait(job_id, lambda j: running_on(j, "w") == "worker1", timeout=20)
+    wait_for(
+        lambda: list(work.glob("*/left.txt")), timeout=10, what="the command to write its file"
+    )
+    worker = top.workers[0]
+    worker.kill()
+    left = set(work.iterdir())
+    assert len(left) > 1, "the running attempt's directory and the ready ones stay behind"
+    top.restart(worker)
+    wait_for(lambda: not left & set(work.iterdir()), timeout=10, what="the orphans to go")
+    assert not list(work.glob("*/left.txt"))
+    job = top.api.wait(job_id, timeout=30)  # retried on the new worker, in a fresh directory
+    assert job["status"] == "succeeded"
