@@ -5,6 +5,7 @@ are stored in fewer transactions than there are jobs, an api's client sends them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -151,6 +152,22 @@ async def serve(servicer: SchedulerServicer, port: int) -> grpc.aio.Server:
     return server
 
 
+@contextlib.asynccontextmanager
+async def connected(servicer: SchedulerServicer, **options: Any) -> AsyncIterator[SchedulerClient]:
+    """`servicer` served on a free loopback port and a client of it (`options` for the client,
+    a 10 s timeout unless given); both stopped afterwards."""
+    port = free_port()
+    server = await serve(servicer, port)
+    client = SchedulerClient(
+        f"127.0.0.1:{port}", metrics=Metrics().grpc, **{"timeout": 10, **options}
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+
+
 @pytest.mark.parametrize("on_session", [False, True], ids=["unary", "session"])
 async def test_an_apis_concurrent_submissions_go_in_few_calls_each_with_its_answer(
     service: SchedulerService, metrics: Metrics, on_session: bool
@@ -221,15 +238,9 @@ async def test_an_older_scheduler_gets_one_call_per_submission(
     service: SchedulerService, caplog: pytest.LogCaptureFixture
 ) -> None:
     server_metrics = Metrics()
-    port = free_port()
-    server = await serve(_OldServicer(service, server_metrics.grpc), port)
-    client = SchedulerClient(f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10)
-    try:
+    async with connected(_OldServicer(service, server_metrics.grpc)) as client:
         for _ in range(2):  # the second round goes one by one from the start
             await all_created(client, range(10))
-    finally:
-        await client.close()
-        await server.stop(grace=None)
     assert caplog.text.count("has no SubmitJobs") == 1, "asked once, then remembered"
     assert calls(server_metrics, "SubmitJob") == 20
     assert len((await service.store.list_jobs(limit=50)).jobs) == 20
@@ -249,18 +260,11 @@ async def test_an_older_scheduler_gets_unary_calls_from_an_api_with_a_session(
     service: SchedulerService, caplog: pytest.LogCaptureFixture
 ) -> None:
     server_metrics = Metrics()
-    port = free_port()
-    server = await serve(_NoSessionSubmitsServicer(service, server_metrics.grpc), port)
-    client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10, submissions=True
-    )
-    try:
+    servicer = _NoSessionSubmitsServicer(service, server_metrics.grpc)
+    async with connected(servicer, submissions=True) as client:
         view, created = await client.submit_job(job(0))
         assert created and view.name == "j0"
         await all_created(client, range(1, 6))
-    finally:
-        await client.close()
-        await server.stop(grace=None)
     assert caplog.text.count("takes no submissions on a session") == 1, "once, then remembered"
     assert calls(server_metrics, "SubmitJob") == 6, "every job by a unary call, none twice"
     assert len((await service.store.list_jobs(limit=50)).jobs) == 6
@@ -287,20 +291,12 @@ class _PathServicer(SchedulerServicer):
 
 async def test_a_large_submission_is_a_call_of_its_own(service: SchedulerService) -> None:
     servicer = _PathServicer(service, Metrics().grpc)
-    port = free_port()
-    server = await serve(servicer, port)
-    client = SchedulerClient(
-        f"127.0.0.1:{port}", metrics=Metrics().grpc, timeout=10, submissions=True
-    )
     wide = JobSpec(
         "wide", tuple(NodeSpec(f"n{i}", "true", name=f"n{i}") for i in range(ALONE_NODES + 1))
     )
-    try:
+    async with connected(servicer, submissions=True) as client:
         assert (await client.submit_job(job(0)))[1]
         assert (await client.submit_job(wide))[1]
-    finally:
-        await client.close()
-        await server.stop(grace=None)
     assert servicer.paths == ["session", "unary"]
 
 
