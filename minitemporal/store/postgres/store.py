@@ -48,6 +48,7 @@ from minitemporal.store.common import (
     Tx,
     claimed_task,
 )
+from minitemporal.store.postgres.pool import StackPool
 from minitemporal.store.sqlfile import load_queries, load_text, positional
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class PostgresStore(SqlStore):
 
     # --- lifecycle
     async def open(self) -> None:
-        self._pool = AsyncConnectionPool(
+        self._pool = StackPool(
             self._url,
             min_size=min(2, self._pool_size),
             max_size=self._pool_size,
