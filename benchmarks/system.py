@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from benchmarks.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class StartFailed(RuntimeError):
     """A process of the system under test did not become healthy."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_id() -> str:

@@ -1,5 +1,5 @@
-"""The tests' port picker: ports below the kernel's ephemeral range (which outgoing
-connections draw from), never the same one twice, and free when handed out."""
+"""The port picker of the tests and the benchmarks: ports below the kernel's ephemeral range
+(which outgoing connections draw from), never the same one twice, and free when handed out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from tests.support import services
-from tests.support.services import _ephemeral_low, free_port
+from benchmarks import ports
+from benchmarks.ports import _ephemeral_low, free_port
 
 
 def test_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
@@ -22,9 +22,9 @@ def test_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
 
 def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     busy_port, free = free_port(), free_port()
-    services._HANDED_OUT.difference_update({busy_port, free})  # offered again, unless busy
+    ports._HANDED_OUT.difference_update({busy_port, free})  # offered again, unless busy
     candidates = iter([busy_port, free])
-    monkeypatch.setattr(services.random, "randrange", lambda low, high: next(candidates))
+    monkeypatch.setattr(ports.random, "randrange", lambda low, high: next(candidates))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", busy_port))
         busy.listen()
