@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.support.api import node, nodes_by_id, ts
 from tests.support.procs import Cluster, pid_alive
-from tests.support.topology import Ledger, start_split
+from tests.support.topology import Ledger, start_split, wait_for
 
 
 def test_retries_with_backoff_then_success(fast_cluster: Cluster, tmp_path: Path) -> None:
@@ -97,4 +97,5 @@ def test_a_clean_environment_and_private_workdir(fast_cluster: Cluster, ledger: 
     ):
         assert secret not in out
     workdir = out.strip().splitlines()[-1]
-    assert not Path(workdir).exists(), "the attempt's working directory is removed"
+    # Removed by the worker's directory thread, off the attempt's path: soon, not at once.
+    wait_for(lambda: not Path(workdir).exists(), 5, "the attempt's working directory removed")

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from minitemporal.worker.environment import PREFIX, WorkdirPool, owner_tag, sweep_orphans
+from tests.support.topology import wait_for
 
 HOST = "box1.example"
 
@@ -67,3 +68,26 @@ def test_a_pool_names_its_directories_and_sweeps_when_it_starts(tmp_path: Path) 
     finally:
         pool.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_used_directories_go_whatever_the_command_left(tmp_path: Path) -> None:
+    pool = WorkdirPool(str(tmp_path), size=4)
+    pool.start()
+    try:
+        empty, full, swapped = (Path(pool.take()) for _ in range(3))
+        (full / "sub").mkdir()
+        (full / "sub" / "out.txt").write_text("what a command wrote")
+        # A command that owns its directory may put a symlink in its place (the parent is
+        # sticky, not closed): what it points to is not the pool's to remove.
+        target = tmp_path.parent / f"{tmp_path.name}-target"
+        target.mkdir()
+        (target / "keep.txt").write_text("not ours")
+        swapped.rename(tmp_path / "moved-away")
+        swapped.symlink_to(target)
+        for path in (empty, full, swapped):
+            pool.discard(str(path))
+        # Fewer than `size`: no wake, and no `take` to refill; the thread's timeout sweeps.
+        wait_for(lambda: not empty.exists() and not full.exists(), 5, "the used dirs removed")
+        assert (target / "keep.txt").read_text() == "not ours"
+    finally:
+        pool.close()
