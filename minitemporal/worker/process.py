@@ -248,13 +248,25 @@ class _Child:
 
 
 class Execution:
-    """One running command. `stop()` may be called at any time, from the same event loop."""
+    """One running command. `stop()` may be called at any time, from the same event loop.
+
+    `start()` spawns it at once, in the caller's loop turn; `run()` then supervises it to
+    its end (and starts it first if nobody did). A worker starts the next command in the turn
+    a slot frees, not one turn later in the task that runs it: under load each turn of the
+    worker's loop is long, and a slot waits for every turn on its path."""
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.started_at: datetime | None = None
         self._stop_reason: Outcome | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._out = TailBuffer(spec.tail_bytes)
+        self._err = TailBuffer(spec.tail_bytes)
+        self._child: _Child | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._spawn_seconds = 0.0
+        self._began = False
+        self._crashed: Exception | None = None
 
     def stop(self, reason: Outcome) -> None:
         """End the command early (cancelled, lost lease, shutdown); the first reason wins."""
@@ -263,10 +275,14 @@ class Execution:
         if self._stopped is not None:
             _wake(self._stopped)
 
-    async def run(self) -> RunResult:
-        out, err = TailBuffer(self.spec.tail_bytes), TailBuffer(self.spec.tail_bytes)
+    def start(self) -> None:
+        """Spawn the command now, once. It does not raise: what goes wrong is `run()`'s to
+        report. The caller must then await `run()`, which alone ends what this starts."""
+        if self._began:
+            return
+        self._began = True
         if self._stop_reason is not None:  # stopped before it started
-            return self._result(self._stop_reason, None, None, out, err)
+            return
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         t0 = time.perf_counter()
@@ -274,7 +290,7 @@ class Execution:
             # Popen returns once the child has exec'd (or failed to): the command runs from
             # here, before any pipe is on the loop. It blocks the loop as long as
             # asyncio's own subprocess_exec would: vfork and exec, well under a millisecond.
-            proc = subprocess.Popen(  # noqa: ASYNC220 - as asyncio would, see above
+            proc = subprocess.Popen(
                 command_argv(self.spec.command, self.spec.limits),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -287,14 +303,33 @@ class Execution:
                 extra_groups=[] if self.spec.user is not None else None,
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            err.feed(f"minitemporal: could not start the command: {exc}\n".encode())
-            return self._result(Outcome.EXIT_CODE, 127, None, out, err)
+            self._err.feed(f"minitemporal: could not start the command: {exc}\n".encode())
+            return
+        except Exception as exc:  # a bug: raised by run(), where the worker handles a crash
+            self._crashed = exc
+            return
         self.started_at = datetime.now(UTC)
-        spawn_seconds = time.perf_counter() - t0
-        pgid = proc.pid  # a new session: the group is the child's pid
-        child = _Child(proc, loop, self._stopped)
+        self._spawn_seconds = time.perf_counter() - t0
+        self._proc = proc
+        self._child = _Child(proc, loop, self._stopped)
         try:
-            child.attach(out, err)
+            self._child.attach(self._out, self._err)
+        except Exception as exc:  # raised by run(), where the worker handles a crash
+            self._child.close()  # kills the group: nothing will supervise it
+            self._crashed = exc
+
+    async def run(self) -> RunResult:
+        self.start()
+        if self._crashed is not None:
+            raise self._crashed
+        out, err = self._out, self._err
+        proc, child = self._proc, self._child
+        if proc is None or child is None:
+            if self._stop_reason is not None and self._stopped is None:
+                return self._result(self._stop_reason, None, None, out, err)
+            return self._result(Outcome.EXIT_CODE, 127, None, out, err)  # could not spawn
+        pgid = proc.pid  # a new session: the group is the child's pid
+        try:
             outcome = await self._supervise(child, pgid)
             finished_at = datetime.now(UTC)
             # Nothing of the attempt outlives it: end stragglers left in the group.
@@ -316,7 +351,7 @@ class Execution:
             finished_at=finished_at,
             stdout=out.output(),
             stderr=err.output(),
-            spawn_seconds=spawn_seconds,
+            spawn_seconds=self._spawn_seconds,
         )
 
     async def _supervise(self, child: _Child, pgid: int) -> Outcome:

@@ -408,6 +408,8 @@ class Worker:
         self._held[task.ref] = held
         self._running += 1
         self.metrics.slots_busy.set(self._running)
+        # Spawned in this loop turn; the task that awaits its end first runs a turn later.
+        held.execution.start()
         self._tg.start_soon(self._execute, held, workdir, user)
 
     async def _execute(self, held: _Held, workdir: str, user: RunAs | None = None) -> None:
@@ -435,7 +437,6 @@ class Worker:
                 await anyio.to_thread.run_sync(self._users.release, user)
         self._running -= 1
         self.metrics.slots_busy.set(self._running)
-        self._launch_waiting()
         held.finished = True
         if result.started_at is not None:
             ran = (result.finished_at - result.started_at).total_seconds()
@@ -450,10 +451,13 @@ class Worker:
             self._queue_report(task.ref, result, permit=keep, unblocks=unblocks)
             if unblocks:
                 # Children wait on this report's round trip: let the reporter send it before
-                # the log line and the metrics. (A leaf's report waits: more join its batch.)
+                # the next spawn, the log line and the metrics. (A leaf's report waits: more
+                # join its batch.)
                 await anyio.lowlevel.cancel_shielded_checkpoint()
         else:
             self._held.pop(task.ref, None)
+        # The freed slot's next command starts now, not in a task of its own a turn later.
+        self._launch_waiting()
         self.metrics.spawn_seconds.observe(result.spawn_seconds)
         self.metrics.tasks_run.labels(result.outcome.value).inc()
         level = logging.INFO if result.outcome is Outcome.SUCCEEDED else logging.WARNING

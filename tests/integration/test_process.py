@@ -183,3 +183,64 @@ async def test_cpu_and_memory_limits_stop_commands(tmp_path: Path) -> None:
         )
     ).run()
     assert "MemoryError" in hog.stderr.tail and hog.stdout.tail == "refused\n"
+
+
+async def test_start_spawns_at_once_and_run_supervises_it(tmp_path: Path) -> None:
+    """A worker starts a freed slot's next command in the same loop turn (`start`), then
+    awaits it (`run`): the command runs before anything else on the loop did."""
+    marker = tmp_path / "ran"
+    execution = Execution(spec(f"echo $$ > {marker}; echo done", tmp_path))
+    execution.start()
+    assert execution.started_at is not None, "spawned before start() returned"
+    await wait_until(lambda: marker.exists() and marker.read_text().strip() != "", "the child")
+    execution.start()  # a second start is a no-op, not a second command
+    res = await execution.run()
+    assert (res.outcome, res.exit_code, res.stdout.tail) == (Outcome.SUCCEEDED, 0, "done\n")
+    assert res.started_at == execution.started_at
+
+
+async def test_stop_between_start_and_run_ends_the_command(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    execution = Execution(spec(f"echo $$ > {pidfile}; exec sleep 30", tmp_path))
+    execution.start()
+    await wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "pid")
+    execution.stop(Outcome.CANCELLED)
+    res = await execution.run()
+    assert res.outcome is Outcome.CANCELLED
+    await wait_until(lambda: not pid_alive(int(pidfile.read_text())), "the command gone", timeout=5)
+
+
+async def test_stopped_before_start_spawns_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    execution = Execution(spec(f"touch {marker}", tmp_path))
+    execution.stop(Outcome.CANCELLED)
+    execution.start()
+    res = await execution.run()
+    assert res.outcome is Outcome.CANCELLED and res.started_at is None
+    assert not marker.exists()
+
+
+async def test_a_spawn_that_fails_in_start_is_the_runs_result(tmp_path: Path) -> None:
+    bad = spec("true", tmp_path)
+    object.__setattr__(bad, "cwd", str(tmp_path / "missing"))
+    execution = Execution(bad)
+    execution.start()  # does not raise
+    res = await execution.run()
+    assert res.outcome is Outcome.EXIT_CODE and res.exit_code == 127
+    assert "could not start" in res.stderr.tail
+
+
+async def test_a_crash_in_start_is_raised_by_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start` runs in the worker's own paths (a report's reply, a freed slot): a bug there
+    must reach `run`, which the worker turns into a lost attempt, not escape into them."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("subprocess.Popen", broken)
+    execution = Execution(spec("true", tmp_path))
+    execution.start()
+    with pytest.raises(RuntimeError, match="a bug"):
+        await execution.run()
