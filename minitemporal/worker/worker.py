@@ -171,7 +171,9 @@ class Worker:
         self._run_average = 0.0  # seconds, a moving average of recent attempts' run times
         self._changed = anyio.Event()  # set whenever attempts end or results are acknowledged
         self._reports = _Reports()
-        self._workdirs = WorkdirPool(config.work_dir, size=config.slots)
+        # Room for the runs of a busy loop: the pool's thread refills only once it gets the
+        # interpreter lock, and a pool that runs dry makes each directory on the loop.
+        self._workdirs = WorkdirPool(config.work_dir, size=max(16, 2 * config.slots))
         self._stopping = anyio.Event()
         self._last_heartbeat_ok = time.monotonic()
         self._report_failures = 0
