@@ -288,8 +288,10 @@ class Execution:
         t0 = time.perf_counter()
         try:
             # Popen returns once the child has exec'd (or failed to): the command runs from
-            # here, before any pipe is on the loop. It blocks the loop as long as
-            # asyncio's own subprocess_exec would: vfork and exec, well under a millisecond.
+            # here, before any pipe is on the loop. It blocks the loop as long as asyncio's
+            # own subprocess_exec would: until the vforked child execs, 0.1-0.3 ms when a
+            # core is free, more when the child waits for one (a spawner thread measured
+            # worse: benchmarks/README.md).
             proc = subprocess.Popen(
                 command_argv(self.spec.command, self.spec.limits),
                 stdin=subprocess.DEVNULL,
