@@ -103,7 +103,7 @@ class GroupCommit(Generic[T, R]):
     def _start_flusher(self) -> None:
         task = asyncio.get_running_loop().create_task(self._flush())
         self._flushers.add(task)
-        task.add_done_callback(self._flushers.discard)
+        task.add_done_callback(self._flushers.discard)  # ended before its first step
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
@@ -122,6 +122,17 @@ class GroupCommit(Generic[T, R]):
         return batch
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_batches()
+        finally:
+            # Out of `in_flight` in the step that found nothing more to take, not when the
+            # task's done callback runs a turn later: a caller this flusher answered runs
+            # before that callback, and a call it made at once would have queued behind a
+            # flusher that had ended, until some other call came along.
+            if (task := asyncio.current_task()) is not None:
+                self._flushers.discard(task)
+
+    async def _flush_batches(self) -> None:
         while batch := self._take():
             try:
                 results = await self._run([item for item, _ in batch])

@@ -201,3 +201,30 @@ async def test_many_with_nothing_in_flight_is_one_batch() -> None:
     assert await group.many(["a", "b"]) == ["A", "B"]
     assert await group.many([]) == []
     assert store.batches == [["a", "b"]]
+
+
+@pytest.mark.parametrize("how", ["call", "many"])
+async def test_a_call_made_as_the_last_flusher_ends_is_stored(how: str) -> None:
+    """The caller a flusher answers last runs before the flusher's task is seen as done: a
+    call it makes at once must not wait behind a flusher that has already ended (it waited
+    for the next call to come along: a lone submission hung until its deadline)."""
+    store = Store()
+    group: GroupCommit[str, str] = GroupCommit(store.run, concurrency=1)
+    first = start(group, "a")  # stored alone, in its own task, held
+    await until(lambda: group.in_flight == 1)
+    store.hold = False
+
+    async def release_once_b_waits() -> None:
+        await until(lambda: group.waiting == 1)
+        store.release()
+
+    helper = asyncio.ensure_future(release_once_b_waits())
+    assert await group("b") == "B"  # waited behind "a": stored by a flusher
+    assert store.batches == [["a"], ["b"]]
+    # The flusher stored "b" and found nothing more: it has ended, its done callback not run.
+    # Called in this very step (no task in between), under a deadline of this task's own.
+    async with asyncio.timeout(2):
+        late = await group("c") if how == "call" else await group.many(["c"])
+    assert late in ("C", ["C"])
+    assert await first == "A"
+    await helper
