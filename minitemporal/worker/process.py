@@ -265,7 +265,6 @@ class Execution:
         self._child: _Child | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawn_seconds = 0.0
-        self._began = False
         self._crashed: Exception | None = None
 
     def stop(self, reason: Outcome) -> None:
@@ -278,11 +277,8 @@ class Execution:
     def start(self) -> None:
         """Spawn the command now, once. It does not raise: what goes wrong is `run()`'s to
         report. The caller must then await `run()`, which alone ends what this starts."""
-        if self._began:
-            return
-        self._began = True
-        if self._stop_reason is not None:  # stopped before it started
-            return
+        if self._stopped is not None or self._stop_reason is not None:
+            return  # started already, or stopped before it started
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         t0 = time.perf_counter()
